@@ -1,0 +1,1 @@
+"""Agents propose changes to the workspace's editable files."""

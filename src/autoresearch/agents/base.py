@@ -1,0 +1,34 @@
+"""The one interface every agent implements: propose(context) -> Proposal or ProposalError."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from autoresearch.records import ExperimentRecord
+
+
+@dataclass
+class Proposal:
+    description: str  # one line, e.g. "MATRIX_LR 0.04 -> 0.05"
+    files: dict  # relative path -> full new contents, editable files only
+
+
+@dataclass
+class ProposalError:
+    reason: str  # why no usable proposal came back; recorded, and the loop goes on
+
+
+@dataclass
+class AgentContext:
+    program: str  # program.md
+    files: dict  # relative path -> current contents of each editable file (best commit)
+    history: list = field(default_factory=list)  # ExperimentRecord, oldest first
+    noise_sigma: float | None = None
+    best_val_bpb: float | None = None
+    last_log_tail: str = ""
+
+
+class Agent(Protocol):
+    name: str
+
+    def propose(self, context: AgentContext) -> Proposal | ProposalError: ...

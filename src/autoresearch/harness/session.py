@@ -1,0 +1,67 @@
+"""What a training run knows about where it runs: workspace, run folder, seed, profile.
+
+The runner passes these through environment variables; `python train.py` alone finds
+the workspace from the current folder and writes to a fresh run folder.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.config import CONFIG_NAME, Settings, load_settings
+from autoresearch.harness.profiles import Profile
+
+ENV_WORKSPACE = "AUTORESEARCH_WORKSPACE"
+ENV_RUN_DIR = "AUTORESEARCH_RUN_DIR"
+ENV_SEED = "AUTORESEARCH_SEED"
+ENV_MANAGED = "AUTORESEARCH_MANAGED"  # set by the runner: it evaluates, not submit()
+DEFAULT_SEED = 42
+
+SUBMISSION_FILE = "submission.json"  # written by submit(): export path, checksum, counters
+MODEL_FILE = "model.pt2"  # the exported program
+EVAL_FILE = "eval.json"  # written only by the evaluator process
+TELEMETRY_FILE = "telemetry.jsonl"  # log(...) lines
+LOG_FILE = "run.log"
+
+
+@dataclass(frozen=True)
+class Session:
+    workspace: Path
+    run_dir: Path
+    seed: int
+    managed: bool
+    settings: Settings
+
+    @property
+    def profile(self) -> Profile:
+        return self.settings.profile()
+
+
+def find_workspace(start: Path | None = None) -> Path:
+    env = os.environ.get(ENV_WORKSPACE)
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).exists():
+            return folder
+    raise FileNotFoundError(
+        f"no {CONFIG_NAME} in {here} or above: run train.py inside a workspace made by "
+        "`autoresearch init DIR`, or set AUTORESEARCH_WORKSPACE"
+    )
+
+
+def current_session() -> Session:
+    workspace = find_workspace()
+    settings = load_settings(workspace)
+    run_dir_env = os.environ.get(ENV_RUN_DIR)
+    if run_dir_env:
+        run_dir = Path(run_dir_env)
+    else:
+        run_dir = workspace / ".autoresearch" / "runs" / time.strftime("manual-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(os.environ.get(ENV_SEED, DEFAULT_SEED))
+    managed = os.environ.get(ENV_MANAGED) == "1"
+    return Session(workspace, run_dir.resolve(), seed, managed, settings)
