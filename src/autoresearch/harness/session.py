@@ -24,6 +24,9 @@ MODEL_FILE = "model.pt2"  # the exported program
 EVAL_FILE = "eval.json"  # written only by the evaluator process
 TELEMETRY_FILE = "telemetry.jsonl"  # log(...) lines
 LOG_FILE = "run.log"
+ABORTED_FILE = "aborted.txt"  # why a run stopped itself early
+INPROCESS_EVAL_FILE = "inprocess_eval.json"  # export failed: the lower-trust result
+ABORT_EXIT_CODE = 3  # the runner records this exit as `aborted`
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,129 @@
+"""The `autoresearch` command: prepare, init, train, run, exp, status, report."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from autoresearch import __version__
+
+
+class CliError(Exception):
+    """An error meant for the user: printed without a traceback, exit code 2."""
+
+
+def _add_workspace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", "-w", type=Path, default=None,
+                   help="the research workspace (default: the current folder)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="download or read the data, train the tokenizer, tokenise once")
+    p.add_argument("--data", default=None, help="builtin (offline default), climbmix, or a path to "
+                   ".txt/.jsonl/.parquet files (default: the profile's)")
+    p.add_argument("--profile", default="auto", help="auto | cpu | gpu: sets the vocabulary size")
+    p.add_argument("--base-url", default=None, help="climbmix: where the parquet shards are served")
+    p.add_argument("--shards", type=int, default=10, help="climbmix: training shards to download")
+
+    p = sub.add_parser("init", help="create a research workspace (a git repo)")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--profile", default="auto", help="auto (gpu if CUDA is present, else cpu) | cpu | gpu")
+    p.add_argument("--data", default=None, help="builtin | climbmix | PATH (default: the profile's)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment "
+                   "(default: the profile's)")
+    p.add_argument("--tag", default=None, help="name of the branch autoresearch/<tag> (default: today's date)")
+
+    p = sub.add_parser("train", help="run train.py once under the budget and evaluate it (sealed)")
+    _add_workspace(p)
+    p.add_argument("--seed", type=int, default=42, help="seed passed to train.py")
+
+    p = sub.add_parser("run", help="the research loop: propose, run, evaluate, keep or discard, repeat")
+    _add_workspace(p)
+    p.add_argument("--max-experiments", type=int, default=None, help="stop after N experiments (this session)")
+    p.add_argument("--hours", type=float, default=None, help="stop after H hours")
+    p.add_argument("--agent", default=None, help="sweep (offline, default)")
+    p.add_argument("--plain", action="store_true", help="plain log lines instead of the live panel")
+
+    p = sub.add_parser("status", help="show a running or finished workspace")
+    _add_workspace(p)
+
+    p = sub.add_parser("report", help="write progress.png and report.md")
+    _add_workspace(p)
+
+    p = sub.add_parser("exp", help="one experiment at a time, for an agent that drives the loop")
+    _add_workspace(p)
+    exp = p.add_subparsers(dest="exp_command", required=True)
+    q = exp.add_parser("run", help="commit the current edit, run it, evaluate, decide, record")
+    q.add_argument("-d", "--description", required=True, help="one line: what this experiment tries")
+    exp.add_parser("log", help="the history of experiments")
+    q = exp.add_parser("show", help="one experiment's record and log")
+    q.add_argument("id", type=int)
+    q = exp.add_parser("reeval", help="evaluate a submitted model again without retraining")
+    q.add_argument("id", type=int)
+    return parser
+
+
+def cmd_prepare(args) -> int:
+    from autoresearch.harness.prepare import prepare
+    from autoresearch.harness.profiles import get_profile
+
+    profile = get_profile(args.profile)
+    data = args.data or profile.default_data
+    started = time.monotonic()
+    prepared = prepare(data, profile.vocab_size, base_url=args.base_url, num_train_shards=args.shards)
+    print(f"prepared {data} (vocab {profile.vocab_size}) in {time.monotonic() - started:.1f} s: {prepared.root}")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from autoresearch.workspace import init_workspace
+
+    tag = args.tag or time.strftime("%b%d").lower()
+    root = init_workspace(args.directory, profile=args.profile, data=args.data, budget=args.budget, tag=tag)
+    print(f"workspace ready: {root}\nnext: cd {root} && autoresearch train   (one run)   "
+          f"or   autoresearch run   (the research loop)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from autoresearch.runner import OK, run_experiment
+    from autoresearch.workspace import Workspace
+
+    ws = Workspace.open(args.workspace)
+    run_dir = ws.state_dir / "runs" / time.strftime("train-%Y%m%d-%H%M%S")
+    outcome = run_experiment(ws.root, run_dir, ws.settings.profile(), seed=args.seed,
+                             target=ws.settings.experiment.target, on_line=print)
+    print(outcome.summary)
+    print(f"log: {outcome.log_path}")
+    return 0 if outcome.status == OK else 1
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS.get(args.command)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # user-facing errors from every layer end here
+        if _is_user_error(error):
+            print(f"autoresearch: error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(error: Exception) -> bool:
+    names = {"CliError", "ConfigError", "WorkspaceError", "GitError", "DataError", "LedgerError"}
+    return type(error).__name__ in names or isinstance(error, (FileNotFoundError, PermissionError))
+
+
+COMMANDS = {"prepare": cmd_prepare, "init": cmd_init, "train": cmd_train}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Everything train.py may use from the harness, and nothing more.
+
+    MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, EVAL_TOKENS, SEED, PROFILE   frozen constants
+    get_tokenizer()                                                     the workspace's tokenizer
+    make_dataloader(tokenizer, B, T, "train", device=...)               training batches only
+    log(step, **metrics)                                                telemetry
+    submit(model, **stats)                                              hand over for evaluation
+
+The harness keeps its own account of the run: when each batch was served, how many
+tokens, when submit() was called. Those figures, not what train.py prints, decide
+whether a run stayed within its budget.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from autoresearch.harness import session as _session
+from autoresearch.summary import format_summary
+
+# A private reference to the clock, taken before any agent code runs.
+_clock = time.monotonic
+_START = _clock()
+
+_SESSION = _session.current_session()
+_PROFILE = _SESSION.profile
+
+PROFILE = _PROFILE.name
+MAX_SEQ_LEN = _PROFILE.max_seq_len
+TIME_BUDGET = _PROFILE.time_budget
+VOCAB_SIZE = _PROFILE.vocab_size
+EVAL_TOKENS = _PROFILE.eval_tokens
+SEED = _SESSION.seed
+
+WARMUP_BATCHES = 10  # batches served before the harness starts its training clock
+DIVERGENCE_FACTOR = 1.5  # loss this far above its lowest, late in training, is diverging
+MAX_LOSS = 100.0
+
+
+class _Account:
+    """What the harness itself saw of the run."""
+
+    def __init__(self):
+        self.batches = 0
+        self.tokens = 0
+        self.first_batch_at = None
+        self.clock_start_at = None  # after WARMUP_BATCHES: compile and warmup excluded
+        self.lowest_loss = math.inf
+
+
+_ACCOUNT = _Account()
+_telemetry_file = None
+_last_flush = 0.0
+
+
+def _prepared():
+    from autoresearch.harness.prepare import load_prepared
+
+    return load_prepared(_SESSION.settings.experiment.data, VOCAB_SIZE)
+
+
+def get_tokenizer():
+    return _prepared().tokenizer()
+
+
+def make_dataloader(tokenizer, batch_size: int, seq_len: int, split: str = "train", *, device="cpu"):
+    """Yields (x, y, epoch) batches of the training split; the validation split is not served."""
+    if split != "train":
+        raise PermissionError(
+            f"training code can only read the 'train' split, not {split!r}: "
+            "the validation split is reserved for the sealed evaluator"
+        )
+    if seq_len > MAX_SEQ_LEN:
+        raise ValueError(f"seq_len {seq_len} exceeds the profile's MAX_SEQ_LEN {MAX_SEQ_LEN}")
+    from autoresearch.harness.dataloader import make_loader
+
+    del tokenizer  # the token files were made with this same tokenizer
+    loader = make_loader(_prepared(), batch_size, seq_len, "train", device=device, seed=SEED)
+    return _counted(loader, batch_size * seq_len)
+
+
+def _counted(loader, tokens_per_batch: int):
+    for batch in loader:
+        now = _clock()
+        if _ACCOUNT.first_batch_at is None:
+            _ACCOUNT.first_batch_at = now
+        if _ACCOUNT.batches == WARMUP_BATCHES:
+            _ACCOUNT.clock_start_at = now
+        _ACCOUNT.batches += 1
+        _ACCOUNT.tokens += tokens_per_batch
+        yield batch
+
+
+def harness_training_seconds() -> float:
+    """Training time by the harness's clock: from the batch after warmup to now."""
+    start = _ACCOUNT.clock_start_at or _ACCOUNT.first_batch_at
+    return 0.0 if start is None else _clock() - start
+
+
+def log(step: int, **metrics) -> None:
+    """Telemetry for the live view and the agent; stops a run whose loss blew up."""
+    global _telemetry_file, _last_flush
+    if _telemetry_file is None:
+        _telemetry_file = open(_SESSION.run_dir / _session.TELEMETRY_FILE, "a", buffering=1 << 16)
+    record = {"step": int(step), "t": time.time()}
+    for key, value in metrics.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        record[key] = value
+    _telemetry_file.write(json.dumps(record) + "\n")
+    now = _clock()
+    if now - _last_flush > 1.0:
+        _telemetry_file.flush()
+        _last_flush = now
+    loss = record.get("loss")
+    if isinstance(loss, (int, float)):
+        _check_loss(float(loss), float(record.get("progress", 0.0) or 0.0))
+
+
+def _check_loss(loss: float, progress: float) -> None:
+    reason = None
+    if not math.isfinite(loss) or loss > MAX_LOSS:
+        reason = f"loss is {loss}"
+    elif progress > 0.3 and loss > DIVERGENCE_FACTOR * _ACCOUNT.lowest_loss:
+        reason = f"loss {loss:.4f} diverged (lowest so far {_ACCOUNT.lowest_loss:.4f})"
+    _ACCOUNT.lowest_loss = min(_ACCOUNT.lowest_loss, loss)
+    if reason:
+        if _telemetry_file is not None:
+            _telemetry_file.flush()
+        print(f"ABORT: {reason}", flush=True)
+        (_SESSION.run_dir / _session.ABORTED_FILE).write_text(reason + "\n")
+        os._exit(_session.ABORT_EXIT_CODE)
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _account_stats(stats: dict) -> dict:
+    """The harness's own figures override anything train.py reports under the same name."""
+    merged = {k: v for k, v in stats.items() if isinstance(v, (int, float, str)) or v is None}
+    merged.update(
+        harness_training_seconds=round(harness_training_seconds(), 3),
+        total_tokens=_ACCOUNT.tokens,
+        batches_served=_ACCOUNT.batches,
+        peak_memory_mb=round(_peak_memory_mb(), 1),
+        startup_seconds=round((_ACCOUNT.first_batch_at or _clock()) - _START, 3),
+        process_seconds=round(_clock() - _START, 3),
+        seed=SEED,
+        profile=PROFILE,
+        time_budget=TIME_BUDGET,
+    )
+    return merged
+
+
+def submit(model, **stats) -> None:
+    """Hands the trained model to the evaluator. Call once, at the end of train.py."""
+    from autoresearch.harness import export as export_mod
+
+    account = _account_stats(stats)
+    if _telemetry_file is not None:
+        _telemetry_file.flush()
+    run_dir = _SESSION.run_dir
+    try:
+        export_mod.export_model(
+            getattr(model, "_orig_mod", model), run_dir,
+            batch_size=_PROFILE.eval_batch_size, seq_len=MAX_SEQ_LEN, vocab_size=VOCAB_SIZE,
+            autocast_dtype=_eval_autocast_dtype(model), extra={"account": account},
+        )
+    except export_mod.ExportError as error:
+        _evaluate_here(model, account, reason=str(error))
+    if not _SESSION.managed:
+        _evaluate_and_print(account)
+
+
+def _eval_autocast_dtype(model):
+    import torch
+
+    device = next(model.parameters()).device
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+def _evaluate_here(model, account: dict, reason: str) -> None:
+    """Export failed: evaluate inside this process, at the lower trust level."""
+    from autoresearch.harness.dataloader import validation_batches
+    from autoresearch.harness.evaluate import evaluate_in_process
+
+    prepared = _prepared()
+    batches = validation_batches(prepared, _PROFILE.eval_batch_size, MAX_SEQ_LEN, EVAL_TOKENS)
+    result = evaluate_in_process(getattr(model, "_orig_mod", model), batches, prepared.token_bytes())
+    data = result.to_dict()
+    data["reason"] = f"export failed: {reason}"
+    data["account"] = account
+    path = _SESSION.run_dir / _session.INPROCESS_EVAL_FILE
+    path.write_text(json.dumps(data, indent=1))
+
+
+def _evaluate_and_print(account: dict) -> None:
+    """`python train.py` alone: run the sealed evaluator, then print the summary block."""
+    from autoresearch.runner import evaluate_run, summary_values
+
+    outcome = evaluate_run(_SESSION.workspace, _SESSION.run_dir, timeout=_PROFILE.eval_allowance)
+    print(format_summary(summary_values(outcome, account, total_seconds=_clock() - _START)), flush=True)
