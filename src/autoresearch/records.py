@@ -15,8 +15,10 @@ ABORTED = "aborted"  # stopped early: NaN or diverging loss
 INTERRUPTED = "interrupted"  # the loop was stopped or killed while it ran
 FAILED_PROPOSAL = "failed_proposal"  # the agent's edit was refused before running
 PENDING = "pending"  # measured, waiting for a confirmation run
+RUNNING = "running"  # written when a run starts; replaced by its outcome when it ends
 STATUSES = (KEEP, DISCARD, CRASH, INVALID, TIMEOUT, OVER_BUDGET, ABORTED, INTERRUPTED,
-            FAILED_PROPOSAL, PENDING)
+            FAILED_PROPOSAL, PENDING, RUNNING)
+UNDECIDED = (PENDING, RUNNING)  # not yet a row of results.tsv
 
 # kinds of experiment
 BASELINE = "baseline"  # train.py as the branch has it, to anchor and measure noise
