@@ -103,6 +103,87 @@ def cmd_train(args) -> int:
     return 0 if outcome.status == OK else 1
 
 
+def _open_loop(args, view=None, stop_event=None):
+    from autoresearch.agents import make_agent
+    from autoresearch.loop import ResearchLoop
+    from autoresearch.workspace import Workspace
+
+    ws = Workspace.open(args.workspace)
+    agent = make_agent(getattr(args, "agent", None) or ws.settings.agent.name)
+    return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
+                        hours=getattr(args, "hours", None), stop_event=stop_event,
+                        on_record=lambda records: _refresh_report(ws, records))
+
+
+def _refresh_report(ws, records) -> None:
+    from autoresearch.policy import NoiseEstimate
+    from autoresearch.report import write_report
+
+    write_report(records, ws.root, title=ws.branch, noise_sigma=NoiseEstimate.from_records(records).sigma())
+
+
+def cmd_run(args) -> int:
+    import signal
+    import threading
+
+    from autoresearch.live import make_view
+
+    stop = threading.Event()
+    view = make_view(plain=args.plain)
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        view.message("stopping: the running experiment is stopped and recorded as interrupted "
+                     "(press Ctrl-C again to quit at once)")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    loop = _open_loop(args, view=view, stop_event=stop)
+    view.start()
+    try:
+        loop.run()
+    finally:
+        view.stop()
+    _refresh_report(loop.ws, loop.ledger.records())
+    print(f"results: {loop.ws.root / 'results.tsv'}\nreport:  {loop.ws.root / 'report.md'}, "
+          f"{loop.ws.root / 'progress.png'}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from autoresearch.ledger import Ledger
+    from autoresearch.live import render_status
+    from autoresearch.workspace import Workspace
+
+    ws = Workspace.open(args.workspace)
+    inflight = ws.state_dir / "inflight.json"
+    running = json.loads(inflight.read_text()) if inflight.exists() else None
+    Console().print(render_status(Ledger(ws.root).records(), running))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from autoresearch.ledger import Ledger
+    from autoresearch.workspace import Workspace
+
+    ws = Workspace.open(args.workspace)
+    _refresh_report(ws, Ledger(ws.root).records())
+    print(f"wrote {ws.root / 'report.md'} and {ws.root / 'progress.png'}")
+    return 0
+
+
+def cmd_exp(args) -> int:
+    from autoresearch import exp_commands
+
+    return exp_commands.run(args, _open_loop(args))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = COMMANDS.get(args.command)
@@ -119,11 +200,14 @@ def main(argv=None) -> int:
 
 
 def _is_user_error(error: Exception) -> bool:
-    names = {"CliError", "ConfigError", "WorkspaceError", "GitError", "DataError", "LedgerError"}
+    names = {"CliError", "ConfigError", "WorkspaceError", "GitError", "DataError", "LedgerError", "LoopError"}
+    if isinstance(error, ValueError) and str(error).startswith(("unknown agent", "unknown profile")):
+        return True
     return type(error).__name__ in names or isinstance(error, (FileNotFoundError, PermissionError))
 
 
-COMMANDS = {"prepare": cmd_prepare, "init": cmd_init, "train": cmd_train}
+COMMANDS = {"prepare": cmd_prepare, "init": cmd_init, "train": cmd_train, "run": cmd_run,
+            "status": cmd_status, "report": cmd_report, "exp": cmd_exp}
 
 if __name__ == "__main__":
     sys.exit(main())

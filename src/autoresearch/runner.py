@@ -210,7 +210,7 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
         outcome = RunOutcome(R.CRASH, f"train.py exited with code {code}", log_path=str(log), log_tail=log_tail(log))
     else:
         outcome = evaluate_run(workspace, run_dir, timeout=profile.eval_allowance, stop_event=stop_event)
-        outcome = _judge_budget(outcome, profile)
+        outcome = judge_budget(outcome, profile)
     outcome.seed = seed
     eval_seconds = outcome.eval_seconds or 0.0
     outcome.wall_seconds = round(train_wall + eval_seconds, 3)
@@ -220,7 +220,7 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
     return outcome
 
 
-def _judge_budget(outcome: RunOutcome, profile: Profile) -> RunOutcome:
+def judge_budget(outcome: RunOutcome, profile: Profile) -> RunOutcome:
     trained = outcome.training_seconds
     allowed = profile.time_budget * OVER_BUDGET_SLACK + OVER_BUDGET_GRACE_S
     if outcome.status == OK and trained is not None and trained > allowed:

@@ -1,0 +1,376 @@
+"""The research loop: it only wires Agent, Workspace, Runner, Policy and Ledger together.
+
+One experiment = a Job (what to run: the baseline again, a confirmation of a candidate,
+or a new proposal). `next_job` decides what comes next from the ledger alone, so a loop
+killed at any moment continues where it stopped. The serial loop is the one-worker case
+of `execute(job)`; several workers would each run `execute` in their own worktree.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch import records as R
+from autoresearch.agents.base import AgentContext, Proposal, ProposalError
+from autoresearch.gitrepo import GitError
+from autoresearch.ledger import Ledger
+from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy
+from autoresearch.records import ExperimentRecord
+from autoresearch.runner import OK, RunOutcome, run_experiment
+from autoresearch.workspace import EXPERIMENT_REF, Workspace
+
+BASE_SEED = 42
+INFLIGHT_FILE = "inflight.json"  # marks the loop's own uncommitted edits, for resume
+
+
+class LoopError(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    kind: str  # records.BASELINE | CANDIDATE | CONFIRM
+    commit: str = ""  # what to run (BASELINE, CONFIRM); a CANDIDATE gets its commit from the proposal
+    repeat_of: int | None = None
+    description: str = ""
+
+
+def measurements(records, commit: str) -> list[float]:
+    """Every sealed-or-not numeric result of one commit that the policy may average."""
+    return [r.val_bpb for r in records
+            if r.commit == commit and r.val_bpb is not None and r.status in (R.KEEP, R.DISCARD, R.PENDING)]
+
+
+class ResearchLoop:
+    def __init__(self, workspace: Workspace, agent, *, view=None, max_experiments: int | None = None,
+                 hours: float | None = None, stop_event: threading.Event | None = None, on_record=None):
+        self.ws = workspace
+        self.agent = agent
+        self.view = view
+        self.max_experiments = max_experiments
+        self.deadline = None if hours is None else time.time() + hours * 3600
+        self.stop_event = stop_event or threading.Event()
+        self.on_record = on_record  # called after each record is written (report refresh)
+        self.ledger = Ledger(workspace.root)
+        self.policy = make_policy(workspace.settings.policy)
+        self.repo = workspace.repo
+        self.ran = 0
+
+    # --- set-up and resume ------------------------------------------------------------
+    def prepare(self) -> None:
+        """Checks the workspace, repairs what a kill left behind, puts the branch at the best commit."""
+        self.repo.check_identity()
+        inflight = self.ws.state_dir / INFLIGHT_FILE
+        records = self.ledger.records()
+        for record in records:
+            if record.status == R.RUNNING:
+                self.ledger.mark_interrupted(record.id, "the loop stopped while this experiment ran")
+        self._reconcile()
+        if not inflight.exists():
+            dirty = self.repo.changed_paths()
+            if dirty:
+                raise LoopError(
+                    f"the workspace has uncommitted changes ({', '.join(dirty[:5])}): commit them "
+                    "(git commit -am ...) or discard them (git checkout -- . / git stash), then retry")
+        branch = self.ws.branch
+        if not self.repo.branch_exists(branch):
+            self.repo.checkout_branch(branch)
+        elif self.repo.current_branch() != branch:
+            self.repo.git("checkout", "-q", "-f", branch)
+        best = self.best_commit()
+        if best and self.repo.head() != best:
+            self.repo.reset_hard(best)  # a candidate committed before the kill is undone
+        elif inflight.exists():
+            self.repo.reset_hard("HEAD")
+        inflight.unlink(missing_ok=True)
+
+    def best_commit(self) -> str | None:
+        kept = [r for r in self.ledger.records() if r.status == R.KEEP]
+        return kept[-1].commit if kept else None
+
+    # --- scheduling ---------------------------------------------------------------------
+    def next_job(self) -> Job:
+        records = self.ledger.records()
+        best = self.best_commit()
+        if best is None:
+            return Job(R.BASELINE, commit=self.repo.head(), description="baseline")
+        repeats = self.ws.settings.policy.baseline_repeats if self.ws.settings.policy.name == "confirm" else 1
+        baselines = [r for r in records if r.kind == R.BASELINE and r.val_bpb is not None]
+        first_baseline = next((r for r in records if r.kind == R.BASELINE and r.status == R.KEEP), None)
+        if first_baseline and len(baselines) < repeats and best == first_baseline.commit:
+            return Job(R.BASELINE, commit=best, repeat_of=first_baseline.id,
+                       description=f"baseline repeat {len(baselines) + 1}/{repeats}")
+        pending = [r for r in records if r.status == R.PENDING]
+        if pending:
+            original = next(r for r in records if r.commit == pending[-1].commit and r.kind == R.CANDIDATE)
+            n = len(measurements(records, original.commit))
+            return Job(R.CONFIRM, commit=original.commit, repeat_of=original.id,
+                       description=f"confirm #{original.id} (run {n + 1}): {original.description}")
+        return Job(R.CANDIDATE)
+
+    def seed_for(self, commit: str) -> int:
+        """The first run of a commit uses the base seed; each repeat a new one."""
+        runs = [r for r in self.ledger.records() if r.commit == commit and r.seed is not None]
+        return BASE_SEED + len(runs)
+
+    # --- one experiment -----------------------------------------------------------------
+    def execute(self, job: Job, proposal: Proposal | None = None) -> ExperimentRecord:
+        experiment_id = self.ledger.next_id()
+        best = self.best_commit()
+        record = ExperimentRecord(id=experiment_id, kind=job.kind, parent=best or "", agent="",
+                                  description=job.description, repeat_of=job.repeat_of,
+                                  profile=self.ws.settings.experiment.profile)
+        self._mark_inflight(experiment_id, "proposing")
+        if job.kind == R.CANDIDATE:
+            proposal = proposal or self._propose()
+            record.agent = getattr(self.agent, "name", type(self.agent).__name__)
+            refused = self._apply(proposal)
+            if refused:
+                return self._finish_unrun(record, proposal, refused)
+            record.description = proposal.description
+            record.extra["files"] = sorted(proposal.files)
+            record.extra.update(getattr(proposal, "extra", None) or {})
+            record.commit = self.repo.commit_paths(self.ws.editable(), f"exp {experiment_id}: {proposal.description}")
+            record.diff_lines = self.repo.diff_numstat(best, record.commit)
+            record.extra["seed_only"] = self._seed_only(best, record.commit)
+        else:
+            record.commit = job.commit
+            if self.repo.head() != job.commit:
+                self.repo.reset_hard(job.commit)
+        self.repo.update_ref(EXPERIMENT_REF.format(id=experiment_id), record.commit)
+        record.seed = self.seed_for(record.commit)
+        record.status = R.RUNNING
+        record.started_at = time.time()
+        self._mark_inflight(experiment_id, "running")
+        self.ledger.append(record)
+        if self.view:
+            self.view.experiment_started(experiment_id, record.description, self.ws.settings.profile().time_budget)
+        outcome = self._run(record)
+        self._decide(record, outcome)
+        return record
+
+    def _propose(self) -> Proposal | ProposalError:
+        records = self.ledger.records()
+        context = AgentContext(
+            program=(self.ws.root / "program.md").read_text() if (self.ws.root / "program.md").exists() else "",
+            files=self.ws.read_editable(), history=records,
+            noise_sigma=NoiseEstimate.from_records(records).sigma(), best_val_bpb=self._best_mean(records),
+            last_log_tail=next((r.extra.get("log_tail", "") for r in reversed(records)
+                                if r.status in (R.CRASH, R.TIMEOUT, R.ABORTED)), ""),
+        )
+        try:
+            return self.agent.propose(context)
+        except Exception as error:  # an agent bug must not stop the loop
+            return ProposalError(f"agent raised {type(error).__name__}: {error}")
+
+    def _apply(self, proposal) -> str:
+        """Writes the proposal into the workspace; returns why it was refused, or ''."""
+        if isinstance(proposal, ProposalError):
+            return proposal.reason
+        outside = self.ws.out_of_scope(proposal.files)
+        if outside:
+            return f"edit outside the editable files refused: {', '.join(outside)}"
+        for name, text in proposal.files.items():
+            if name.endswith(".py"):
+                try:
+                    ast.parse(text)
+                except SyntaxError as error:
+                    return f"{name} does not parse: line {error.lineno}: {error.msg}"
+        for name, text in proposal.files.items():
+            (self.ws.root / name).write_text(text)
+        changed = self.repo.changed_paths()
+        outside = self.ws.out_of_scope(changed)
+        if outside:
+            return f"edit outside the editable files refused: {', '.join(outside)}"
+        if not changed:
+            return "the proposal changes nothing"
+        return ""
+
+    def _finish_unrun(self, record: ExperimentRecord, proposal, reason: str) -> ExperimentRecord:
+        self.repo.reset_hard("HEAD")
+        for path in self.repo.changed_paths():  # untracked files the proposal created
+            (self.ws.root / path).unlink(missing_ok=True)
+        record.status = R.FAILED_PROPOSAL
+        record.decision_reason = reason
+        if isinstance(proposal, Proposal):
+            record.description = proposal.description
+        record.finished_at = record.started_at = time.time()
+        self.ledger.append(record)
+        self._clear_inflight()
+        self._notify(record)
+        return record
+
+    def _seed_only(self, old: str, new: str) -> bool:
+        for name in self.ws.editable():
+            try:
+                before, after = self.repo.show_file(old, name), self.repo.show_file(new, name)
+            except GitError:
+                return False
+            if before != after and not is_seed_only_change(before, after):
+                return False
+        return True
+
+    def _run(self, record: ExperimentRecord) -> RunOutcome:
+        run_dir = self.ws.run_dir(record.id)
+        follower = None
+        if self.view:
+            from autoresearch.live import follow_telemetry
+
+            follower = follow_telemetry(run_dir / "telemetry.jsonl", self.view, threading.Event())
+        try:
+            return run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
+                                  target=self.ws.settings.experiment.target, stop_event=self.stop_event)
+        finally:
+            if follower is not None:
+                follower.stop()
+
+    def _best_mean(self, records) -> float | None:
+        best = self.best_commit()
+        values = measurements(records, best) if best else []
+        return sum(values) / len(values) if values else None
+
+    def _decide(self, record: ExperimentRecord, outcome: RunOutcome) -> None:
+        for name in ("val_bpb", "trust", "training_seconds", "wall_seconds", "eval_seconds", "peak_memory_mb",
+                     "mfu_percent", "total_tokens", "num_steps", "num_params", "log_path"):
+            setattr(record, name, getattr(outcome, name))
+        record.finished_at = time.time()
+        if outcome.log_tail:
+            record.extra["log_tail"] = outcome.log_tail[-4000:]
+        records = self.ledger.records()
+        sigma = NoiseEstimate.from_records([r for r in records if r.id != record.id] + [
+            self._as_measured(record, outcome)]).sigma()
+        record.noise_sigma = sigma
+        best = self.best_commit()
+        if outcome.status != OK:
+            record.status, record.decision_reason = outcome.status, outcome.reason or outcome.status
+        elif record.kind == R.BASELINE:
+            record.status = R.KEEP
+            record.decision_reason = "baseline" if record.repeat_of is None else "baseline repeat: noise estimate"
+        else:
+            record.val_bpb = outcome.val_bpb
+            candidate_values = measurements(records, record.commit) + [outcome.val_bpb]
+            decision = self.policy.decide(candidate_values, measurements(records, best), sigma,
+                                          trust=outcome.trust, status=outcome.status,
+                                          seed_only=bool(self._original(record, records).extra.get("seed_only")))
+            record.decision_reason = decision.reason
+            record.status = {"keep": R.KEEP, "discard": R.DISCARD, "rerun": R.PENDING}[decision.action]
+        self._settle(record, records)
+        self.ledger.append(record)
+        if record.kind == R.CONFIRM and record.status not in (R.PENDING, R.INTERRUPTED):
+            self._finalize_pending(record)
+        self._clear_inflight()
+        if self.view and outcome.status == OK and record.status == R.KEEP:
+            self.view.set_best(self._best_mean(self.ledger.records()), record.id)
+        if self.view and sigma is not None:
+            self.view.set_noise(sigma)
+        self._notify(record)
+
+    def _as_measured(self, record, outcome) -> ExperimentRecord:
+        measured = ExperimentRecord.from_dict(record.to_dict())
+        measured.val_bpb = outcome.val_bpb if outcome.status == OK else None
+        measured.status = R.KEEP if outcome.status == OK and record.kind == R.BASELINE else R.PENDING
+        if outcome.status != OK:
+            measured.status = outcome.status
+        return measured
+
+    def _finalize_pending(self, verdict: ExperimentRecord) -> None:
+        """A confirmation's verdict replaces the pending status of every earlier run of that commit."""
+        status = verdict.status if verdict.status in (R.KEEP, R.DISCARD) else R.DISCARD
+        reason = verdict.decision_reason if status == verdict.status else \
+            f"confirmation run #{verdict.id} failed: {verdict.decision_reason}"
+        for r in self.ledger.records():
+            if r.status == R.PENDING and r.commit == verdict.commit and r.id != verdict.id:
+                r.status, r.decision_reason = status, reason
+                self.ledger.append(r)
+
+    def _reconcile(self) -> None:
+        """After a kill between a confirmation's record and its candidate's update."""
+        for r in self.ledger.records():
+            if r.kind == R.CONFIRM and r.status not in R.UNDECIDED + (R.INTERRUPTED,):
+                self._finalize_pending(r)
+
+    def _original(self, record, records) -> ExperimentRecord:
+        if record.kind == R.CONFIRM and record.repeat_of is not None:
+            for r in records:
+                if r.id == record.repeat_of:
+                    return ExperimentRecord.from_dict(r.to_dict())
+        return record
+
+    def _settle(self, record: ExperimentRecord, records) -> None:
+        """Moves the branch: stays on a kept commit, back to the best otherwise."""
+        if record.status == R.KEEP:
+            if self.repo.head() != record.commit:
+                self.repo.reset_hard(record.commit)
+            return
+        best = self.best_commit()
+        if best:
+            self.repo.reset_hard(best)
+
+    def _mark_inflight(self, experiment_id: int, phase: str) -> None:
+        path = self.ws.state_dir / INFLIGHT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"id": experiment_id, "phase": phase, "at": time.time()}))
+        os.replace(tmp, path)
+
+    def _clear_inflight(self) -> None:
+        (self.ws.state_dir / INFLIGHT_FILE).unlink(missing_ok=True)
+
+    def _notify(self, record: ExperimentRecord) -> None:
+        if self.view:
+            self.view.experiment_finished(record)
+        if self.on_record:
+            self.on_record(self.ledger.records())
+
+    def reevaluate(self, experiment_id: int) -> ExperimentRecord:
+        """Evaluates a run's submitted model again (after an evaluator crash) and decides anew."""
+        from autoresearch.runner import evaluate_run, judge_budget
+
+        self.prepare()
+        record = next((r for r in self.ledger.records() if r.id == experiment_id), None)
+        if record is None:
+            raise LoopError(f"no experiment {experiment_id}: see `autoresearch exp log`")
+        run_dir = self.ws.run_dir(experiment_id)
+        if not (run_dir / "submission.json").exists():
+            raise LoopError(f"experiment {experiment_id} has no submitted model in {run_dir}: it must be re-run")
+        outcome = evaluate_run(self.ws.root, run_dir, timeout=self.ws.settings.profile().eval_allowance)
+        outcome.wall_seconds = record.wall_seconds
+        outcome = judge_budget(outcome, self.ws.settings.profile())
+        if record.status == R.KEEP or self.best_commit() != (record.parent or self.best_commit()):
+            record.extra["reeval"] = {"val_bpb": outcome.val_bpb, "status": outcome.status, "trust": outcome.trust}
+            self.ledger.append(record)  # the best moved on: record the figure, decide nothing
+            return record
+        if record.kind != R.BASELINE and self.repo.head() != record.commit:
+            self.repo.reset_hard(record.commit)
+        self._decide(record, outcome)
+        return record
+
+    # --- the loop -----------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        if self.stop_event.is_set():
+            return True
+        if self.max_experiments is not None and self.ran >= self.max_experiments:
+            return True
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def run(self) -> list[ExperimentRecord]:
+        self.prepare()
+        done = []
+        while not self.should_stop():
+            record = self.execute(self.next_job())
+            done.append(record)
+            if record.status != R.FAILED_PROPOSAL:
+                self.ran += 1
+            elif self._exhausted(record):
+                if self.view:
+                    self.view.message(f"the agent has nothing more to propose: {record.decision_reason}")
+                break
+        return done
+
+    def _exhausted(self, record) -> bool:
+        recent = [r for r in self.ledger.records()[-5:]]
+        return len(recent) == 5 and all(r.status == R.FAILED_PROPOSAL for r in recent)
