@@ -1,6 +1,7 @@
 """A thin wrapper over the real git command line, for the workspace's repository."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,8 +34,8 @@ class GitRepo:
         return (self.root / ".git").exists()
 
     def check_identity(self) -> None:
-        name = self.git("config", "user.name", check=False)
-        email = self.git("config", "user.email", check=False)
+        name = self.git("config", "user.name", check=False) or os.environ.get("GIT_COMMITTER_NAME")
+        email = self.git("config", "user.email", check=False) or os.environ.get("GIT_COMMITTER_EMAIL")
         if not name or not email:
             raise GitError(
                 "git has no identity to commit with: run `git config --global user.name \"Your Name\"` and "
@@ -54,13 +55,17 @@ class GitRepo:
 
     def changed_paths(self) -> list[str]:
         """Tracked files with changes plus untracked files that are not ignored."""
-        out = self.git("status", "--porcelain", "--untracked-files=all")
-        paths = []
-        for line in out.splitlines():
-            path = line[3:]
-            if " -> " in path:
-                path = path.split(" -> ", 1)[1]
-            paths.append(path.strip('"'))
+        out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=self.root,
+                             capture_output=True, text=True, check=True).stdout
+        entries = out.split("\0")
+        paths, i = [], 0
+        while i < len(entries):
+            entry = entries[i]
+            if len(entry) > 3:
+                paths.append(entry[3:])
+                if entry[0] in "RC":  # a rename is followed by its old path
+                    i += 1
+            i += 1
         return paths
 
     def show_file(self, commit: str, path: str) -> str:
