@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from autoresearch.harness import prepare as prep
+from autoresearch.harness.prepare import dataset_id, load_prepared, prepare
+from autoresearch.harness.sources import CLIMBMIX_VAL_SHARD, DataError, builtin_documents, climbmix_shard_name
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def builtin_512(tmp_path_factory):
+    # prepared once for the module: several tests read the same data
+    cache = tmp_path_factory.mktemp("shared") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTORESEARCH_CACHE", str(cache))
+        started = time.monotonic()
+        data = prepare("builtin", 512, progress=False, workers=2)
+        seconds = time.monotonic() - started
+        yield data, seconds, cache
+
+
+def test_builtin_prepares_quickly_with_the_documented_layout(builtin_512):
+    data, seconds, cache = builtin_512
+    assert seconds < 20
+    assert data.root == cache / "datasets" / "builtin" / "v512"
+    for name in ("tokenizer.json", "train.tokens", "train.offsets.npy", "val.tokens", "val.offsets.npy", "DONE"):
+        assert (data.root / name).is_file(), name
+    assert not [p for p in data.root.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    info = data.info()
+    assert info["splits"]["train"]["docs"] == 1071 and info["splits"]["val"]["docs"] == 118
+
+
+def test_token_files_hold_the_documents_with_bos(builtin_512):
+    data, _, _ = builtin_512
+    tok = data.tokenizer()
+    assert tok is data.tokenizer()  # cached
+    assert tok.get_vocab_size() == 512
+    val = data.split("val")
+    assert len(val) == 118
+    bos = tok.get_bos_token_id()
+    assert all(val.doc(i)[0] == bos for i in range(len(val)))
+    texts = list(builtin_documents("val"))
+    for i in (0, 57, 117):
+        assert tok.decode(val.doc(i)[1:]) == texts[i]
+    with pytest.raises(DataError):
+        data.split("test")
+
+
+def test_token_bytes_match_the_tokenizer(builtin_512):
+    data, _, _ = builtin_512
+    tb = data.token_bytes()
+    assert tb.dtype == torch.int32 and tb.shape == (512,)
+    assert np.array_equal(tb.numpy(), data.tokenizer().token_byte_lengths())
+    doc = data.split("val").doc(3)
+    assert int(tb[torch.from_numpy(doc.astype(np.int64))].sum()) == len(list(builtin_documents("val"))[3].encode())
+
+
+def test_second_prepare_returns_at_once(builtin_512):
+    data, _, _ = builtin_512
+    stamp = (data.root / "train.tokens").stat().st_mtime_ns
+    started = time.monotonic()
+    again = prepare("builtin", 512, progress=False)
+    assert time.monotonic() - started < 0.5
+    assert again == data and (data.root / "train.tokens").stat().st_mtime_ns == stamp
+    assert load_prepared("builtin", 512) == data
+
+
+def test_load_prepared_names_the_command_when_missing(cache):
+    with pytest.raises(DataError, match=r"autoresearch prepare --data builtin --profile cpu"):
+        load_prepared("builtin", 4096)
+    with pytest.raises(DataError, match=r"autoresearch prepare --data climbmix"):
+        load_prepared("climbmix", 1000)
+
+
+def test_dataset_ids(tmp_path):
+    assert dataset_id("builtin") == "builtin" and dataset_id("climbmix") == "climbmix"
+    ident = dataset_id(str(tmp_path))
+    assert ident.startswith("files-") and len(ident) == 14
+    assert dataset_id(f"files:{tmp_path}") == ident
+    assert dataset_id(str(tmp_path / "..")) != ident
+    with pytest.raises(DataError, match="valid sources"):
+        dataset_id("nonsense")
+
+
+def test_files_source(cache, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i}.txt").write_text(f"Story {i}: the cat sat on mat number {i}. " * 5)
+    data = prepare(str(folder), 300, progress=False, workers=1)
+    assert data.root.parent.name == dataset_id(str(folder))
+    assert len(data.split("train")) + len(data.split("val")) == 40
+
+
+def test_climbmix_source_downloads_then_prepares(cache, tmp_path, monkeypatch):
+    # a local stand-in for the download, so this test needs no network
+    calls = []
+
+    def fake_download(dest, n, **kw):
+        calls.append((dest, n, kw["base_url"]))
+        dest.mkdir(parents=True, exist_ok=True)
+        for i in [*range(n), CLIMBMIX_VAL_SHARD]:
+            rows = [f"Shard {i} document {j} about trains and rain." * 3 for j in range(30)]
+            pq.write_table(pa.table({"text": rows}), dest / climbmix_shard_name(i))
+
+    monkeypatch.setattr("autoresearch.harness.download.download_shards", fake_download)
+    data = prepare("climbmix", 300, base_url="http://mirror", num_train_shards=2, progress=False)
+    assert calls == [(cache / "datasets" / "climbmix" / "raw", 2, "http://mirror")]
+    assert len(data.split("train")) == 60 and len(data.split("val")) == 30
+    assert data.info()["num_train_shards"] == 2
+
+
+def test_failed_prepare_leaves_nothing_that_looks_ready(cache, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(prep, "_tokenise", broken)
+    monkeypatch.setattr(prep, "capped_for_tokenizer", lambda docs: ["a small corpus"] * 5)
+    with pytest.raises(RuntimeError):
+        prepare("builtin", 300, progress=False)
+    assert not (cache / "datasets" / "builtin" / "v300").exists()
+    assert list((cache / "datasets" / "builtin").iterdir()) == []
+
+
+def test_bad_vocab_size(cache):
+    with pytest.raises(DataError):
+        prepare("builtin", 70000, progress=False)
