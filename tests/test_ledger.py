@@ -8,7 +8,7 @@ import pytest
 from autoresearch import ledger as ledger_module
 from autoresearch.ledger import TSV_HEADER, Ledger, LedgerError
 from autoresearch.records import (
-    CRASH, DISCARD, FAILED_PROPOSAL, INTERRUPTED, KEEP, OVER_BUDGET, PENDING, TIMEOUT,
+    CRASH, DISCARD, FAILED_PROPOSAL, INTERRUPTED, KEEP, OVER_BUDGET, PENDING, RUNNING, TIMEOUT,
     ExperimentRecord,
 )
 
@@ -200,10 +200,15 @@ def test_disk_full_on_the_tsv_row_is_made_up_on_the_next_append(tmp_path, monkey
     assert [line.split("\t")[0] for line in tsv_lines(tmp_path)[1:]] == ["abc0001", "abc0002"]
 
 
-def test_mark_interrupted_closes_a_pending_record(tmp_path):
+def test_running_record_has_no_row(tmp_path):
+    Ledger(tmp_path).append(record(1, RUNNING, None))
+    assert tsv_lines(tmp_path) == [TSV_HEADER.strip("\n")]
+
+
+@pytest.mark.parametrize("undecided", [RUNNING, PENDING])
+def test_mark_interrupted_closes_an_undecided_record(tmp_path, undecided):
     ledger = Ledger(tmp_path)
-    ledger.append(record(1, PENDING, None, description="wider"))
-    assert [r.id for r in ledger.pending()] == [1]
+    ledger.append(record(1, undecided, None, description="wider"))
     marked = ledger.mark_interrupted(1, "loop stopped")
     assert (marked.status, marked.decision_reason) == (INTERRUPTED, "loop stopped")
     assert Ledger(tmp_path).get(1).status == INTERRUPTED

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from autoresearch.records import (
     ABORTED, CRASH, DISCARD, INTERRUPTED, INVALID, KEEP, OVER_BUDGET, PENDING, STATUSES,
-    TIMEOUT, ExperimentRecord,
+    TIMEOUT, UNDECIDED, ExperimentRecord,
 )
 
 RESULTS_NAME = "results.tsv"
@@ -31,7 +31,7 @@ JOURNAL_PATH = Path(".autoresearch") / "experiments.jsonl"
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
 # Our detailed statuses folded into the original three. FAILED_PROPOSAL never ran and
-# PENDING is not decided yet, so neither gets a row.
+# RUNNING and PENDING are not decided yet, so none of them gets a row.
 TSV_STATUS = {
     KEEP: "keep",
     DISCARD: "discard",
@@ -153,12 +153,12 @@ class Ledger:
         self._write_missing_rows()
 
     def mark_interrupted(self, record_id: int, reason: str) -> ExperimentRecord:
-        """Close a record left PENDING by a stop or a crash of the loop."""
+        """Close a record left RUNNING or PENDING by a stop or a crash of the loop."""
         record = self.get(record_id)
-        if record.status != PENDING:
+        if record.status not in UNDECIDED:
             raise LedgerError(
                 f"experiment {record_id} is already decided ({record.status}); "
-                "only a pending experiment can be marked interrupted"
+                f"only an undecided one ({', '.join(UNDECIDED)}) can be marked interrupted"
             )
         record.status = INTERRUPTED
         record.decision_reason = reason
@@ -185,9 +185,6 @@ class Ledger:
         if record_id not in self._latest:
             raise KeyError(f"no experiment with id {record_id} in {self.journal_path}")
         return copy.deepcopy(self._latest[record_id])
-
-    def pending(self) -> list[ExperimentRecord]:
-        return [r for r in self.records() if r.status == PENDING]
 
     def next_id(self) -> int:
         """Ids start at 1 and are never reused."""
