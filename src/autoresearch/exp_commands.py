@@ -5,7 +5,8 @@ from pathlib import Path
 
 from autoresearch import records as R
 from autoresearch.agents.base import Proposal
-from autoresearch.loop import Job, LoopError, ResearchLoop, measurements
+from autoresearch.loop import Job, LoopError, ResearchLoop
+from autoresearch.policy import measurements_of
 
 MAX_CONFIRM_RUNS = 5  # one `exp run` settles its candidate; this bounds the re-runs
 
@@ -48,7 +49,7 @@ def _run_due_jobs(loop: ResearchLoop) -> None:
 
 
 def _print_record(loop: ResearchLoop, record) -> None:
-    best_values = measurements(loop.ledger.records(), loop.best_commit() or "")
+    best_values = measurements_of(loop.ledger.records(), loop.best_commit() or "")
     best = sum(best_values) / len(best_values) if best_values else None
     delta = "" if record.val_bpb is None or best is None else f" (best {best:.6f})"
     value = "none" if record.val_bpb is None else f"{record.val_bpb:.6f}"

@@ -19,7 +19,7 @@ from autoresearch import records as R
 from autoresearch.agents.base import AgentContext, Proposal, ProposalError
 from autoresearch.gitrepo import GitError
 from autoresearch.ledger import Ledger
-from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy
+from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy, measurements_of
 from autoresearch.records import ExperimentRecord
 from autoresearch.runner import OK, RunOutcome, run_experiment
 from autoresearch.workspace import EXPERIMENT_REF, Workspace
@@ -38,12 +38,6 @@ class Job:
     commit: str = ""  # what to run (BASELINE, CONFIRM); a CANDIDATE gets its commit from the proposal
     repeat_of: int | None = None
     description: str = ""
-
-
-def measurements(records, commit: str) -> list[float]:
-    """Every sealed-or-not numeric result of one commit that the policy may average."""
-    return [r.val_bpb for r in records
-            if r.commit == commit and r.val_bpb is not None and r.status in (R.KEEP, R.DISCARD, R.PENDING)]
 
 
 class ResearchLoop:
@@ -108,7 +102,7 @@ class ResearchLoop:
         pending = [r for r in records if r.status == R.PENDING]
         if pending:
             original = next(r for r in records if r.commit == pending[-1].commit and r.kind == R.CANDIDATE)
-            n = len(measurements(records, original.commit))
+            n = len(measurements_of(records, original.commit))
             return Job(R.CONFIRM, commit=original.commit, repeat_of=original.id,
                        description=f"confirm #{original.id} (run {n + 1}): {original.description}")
         return Job(R.CANDIDATE)
@@ -231,7 +225,7 @@ class ResearchLoop:
 
     def _best_mean(self, records) -> float | None:
         best = self.best_commit()
-        values = measurements(records, best) if best else []
+        values = measurements_of(records, best) if best else []
         return sum(values) / len(values) if values else None
 
     def _decide(self, record: ExperimentRecord, outcome: RunOutcome) -> None:
@@ -253,8 +247,8 @@ class ResearchLoop:
             record.decision_reason = "baseline" if record.repeat_of is None else "baseline repeat: noise estimate"
         else:
             record.val_bpb = outcome.val_bpb
-            candidate_values = measurements(records, record.commit) + [outcome.val_bpb]
-            decision = self.policy.decide(candidate_values, measurements(records, best), sigma,
+            candidate_values = measurements_of(records, record.commit) + [outcome.val_bpb]
+            decision = self.policy.decide(candidate_values, measurements_of(records, best), sigma,
                                           trust=outcome.trust, status=outcome.status,
                                           seed_only=bool(self._original(record, records).extra.get("seed_only")))
             record.decision_reason = decision.reason
