@@ -91,6 +91,13 @@ def test_render_status_from_records_and_running_experiment():
     assert "idle" in text_of(live.render_status([], None))
 
 
+def test_render_status_treats_a_last_running_record_as_in_flight():
+    records = [R(id=1, kind="baseline", status="keep", val_bpb=1.0),
+               R(id=2, status="running", description="deeper", started_at=time.time() - 5)]
+    out = text_of(live.render_status(records, None))
+    assert "running #2 deeper" in out
+
+
 def strip_time(output: str) -> list[str]:
     return [line.split(" ", 1)[1] for line in output.splitlines()]
 

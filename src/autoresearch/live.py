@@ -24,7 +24,7 @@ from rich.text import Text
 
 from autoresearch.records import (
     ABORTED, BASELINE, CRASH, DISCARD, FAILED_PROPOSAL, INTERRUPTED, INVALID, KEEP, OVER_BUDGET,
-    PENDING, TIMEOUT, ExperimentRecord,
+    PENDING, RUNNING, TIMEOUT, ExperimentRecord,
 )
 from autoresearch.report import accepted_value, deltas, ordered, summarize
 
@@ -34,7 +34,7 @@ PLAIN_TELEMETRY_EVERY = 10.0  # seconds between telemetry lines in plain output
 STATUS_STYLE = {
     KEEP: "bold green", DISCARD: "bright_black", PENDING: "yellow",
     CRASH: "red", TIMEOUT: "red", ABORTED: "red", INTERRUPTED: "yellow",
-    INVALID: "magenta", OVER_BUDGET: "magenta", FAILED_PROPOSAL: "yellow",
+    INVALID: "magenta", OVER_BUDGET: "magenta", FAILED_PROPOSAL: "yellow", RUNNING: "cyan",
 }
 
 
@@ -138,6 +138,7 @@ def render_status(records: list[ExperimentRecord], running: dict | None = None) 
 
     running (optional) describes the experiment in flight: id, description,
     budget_seconds, started_at (unix), step, and telemetry such as loss, tok_per_sec, progress.
+    Without it, a last record still marked running stands for the experiment in flight.
     """
     s = summarize(records)
     d = deltas(records)
@@ -145,6 +146,9 @@ def render_status(records: list[ExperimentRecord], running: dict | None = None) 
                        done=s["total"], kept=s["kept"])
     for r in ordered(records)[-RECENT:]:
         state.recent.append(Result(r.id, r.status, r.val_bpb, d.get(r.id), r.description))
+    last = ordered(records)[-1] if records else None
+    if running is None and last is not None and last.status == RUNNING:
+        running = {"id": last.id, "description": last.description, "started_at": last.started_at}
     if running:
         run = dict(running)
         state.running_id = run.pop("id", None)
