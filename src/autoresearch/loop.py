@@ -18,6 +18,7 @@ from pathlib import Path
 from autoresearch import records as R
 from autoresearch.agents.base import AgentContext, Proposal, ProposalError
 from autoresearch.gitrepo import GitError
+from autoresearch.harness.session import TELEMETRY_FILE
 from autoresearch.ledger import Ledger
 from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy, measurements_of
 from autoresearch.records import ExperimentRecord
@@ -211,17 +212,18 @@ class ResearchLoop:
 
     def _run(self, record: ExperimentRecord) -> RunOutcome:
         run_dir = self.ws.run_dir(record.id)
-        follower = None
+        follower, done = None, threading.Event()
         if self.view:
             from autoresearch.live import follow_telemetry
 
-            follower = follow_telemetry(run_dir / "telemetry.jsonl", self.view, threading.Event())
+            follower = follow_telemetry(run_dir / TELEMETRY_FILE, self.view, done)
         try:
             return run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
                                   target=self.ws.settings.experiment.target, stop_event=self.stop_event)
         finally:
+            done.set()
             if follower is not None:
-                follower.stop()
+                follower.join(timeout=2)
 
     def _best_mean(self, records) -> float | None:
         best = self.best_commit()
