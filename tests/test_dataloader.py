@@ -135,3 +135,15 @@ def test_throughput_gpu_shape(tmp_path):
         next(loader)
     rate = n * 128 * 2048 / (time.perf_counter() - started)
     assert rate > 5.1e6, f"{rate / 1e6:.1f}M tokens/s"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_cpu_batches(data):
+    prepared, _, _ = data
+    cpu = make_loader(prepared, 8, 63, "train", seed=3)
+    gpu = make_loader(prepared, 8, 63, "train", seed=3, device="cuda")
+    for _ in range(10):  # more than the two pinned buffers, so reuse is exercised
+        (xc, yc, ec), (xg, yg, eg) = next(cpu), next(gpu)
+        assert xg.is_cuda and xg.is_contiguous() and ec == eg
+        assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)

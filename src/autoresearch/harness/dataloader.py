@@ -10,7 +10,7 @@ so that each placement is one bisect and one numpy slice copy, not per-token Pyt
 """
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from collections.abc import Iterator
 
 import numpy as np

@@ -210,7 +210,7 @@ def download_shards(
     if not todo:
         return paths
 
-    with _Progress(progress, len(todo)) as bars:
+    with _Progress(progress) as bars:
         left = [len(todo)]
         lock = threading.Lock()
 
@@ -241,9 +241,8 @@ def download_shards(
 class _Progress:
     """rich progress bars, or nothing when progress is off."""
 
-    def __init__(self, enabled: bool, total_files: int):
+    def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.total_files = total_files
         self._tasks: dict[str, int] = {}
 
     def __enter__(self) -> "_Progress":
