@@ -109,7 +109,8 @@ def _open_loop(args, view=None, stop_event=None):
     from autoresearch.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
-    agent = make_agent(getattr(args, "agent", None) or ws.settings.agent.name)
+    agent = make_agent(getattr(args, "agent", None) or ws.settings.agent.name,
+                       seq_len=ws.settings.profile().max_seq_len)
     return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
                         hours=getattr(args, "hours", None), stop_event=stop_event,
                         on_record=lambda records: _refresh_report(ws, records))

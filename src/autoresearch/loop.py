@@ -138,6 +138,7 @@ class ResearchLoop:
             if self.repo.head() != job.commit:
                 self.repo.reset_hard(job.commit)
         self.repo.update_ref(EXPERIMENT_REF.format(id=experiment_id), record.commit)
+        record.extra["constants"] = self._constants_at(record.commit)
         record.seed = self.seed_for(record.commit)
         record.status = R.RUNNING
         record.started_at = time.time()
@@ -199,6 +200,15 @@ class ResearchLoop:
         self._clear_inflight()
         self._notify(record)
         return record
+
+    def _constants_at(self, commit: str) -> dict:
+        """The target's top-level constants as run: what a sweep learns from."""
+        from autoresearch.constants import read_constants
+
+        try:
+            return read_constants(self.repo.show_file(commit, self.ws.settings.experiment.target))
+        except (GitError, SyntaxError, ValueError):
+            return {}
 
     def _seed_only(self, old: str, new: str) -> bool:
         for name in self.ws.editable():
