@@ -22,7 +22,7 @@ from autoresearch.harness.session import TELEMETRY_FILE
 from autoresearch.ledger import Ledger
 from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy, measurements_of
 from autoresearch.records import ExperimentRecord
-from autoresearch.runner import OK, RunOutcome, run_experiment
+from autoresearch.runner import OK, RunOutcome, run_experiment, stop_orphan
 from autoresearch.workspace import EXPERIMENT_REF, Workspace
 
 BASE_SEED = 42
@@ -66,7 +66,9 @@ class ResearchLoop:
             if record.status == R.RUNNING:
                 self.ledger.mark_interrupted(record.id, "the loop stopped while this experiment ran")
         self._reconcile()
-        if not inflight.exists():
+        if inflight.exists():
+            self._stop_orphan(inflight)
+        else:
             dirty = self.repo.changed_paths()
             if dirty:
                 raise LoopError(
@@ -83,6 +85,14 @@ class ResearchLoop:
         elif inflight.exists():
             self.repo.reset_hard("HEAD")
         inflight.unlink(missing_ok=True)
+
+    def _stop_orphan(self, inflight: Path) -> None:
+        try:
+            experiment_id = json.loads(inflight.read_text()).get("id")
+        except (OSError, ValueError):
+            return
+        if isinstance(experiment_id, int):
+            stop_orphan(self.ws.run_dir(experiment_id))
 
     def best_commit(self) -> str | None:
         kept = [r for r in self.ledger.records() if r.status == R.KEEP]

@@ -23,6 +23,7 @@ OK = "ok"  # measured; the policy decides keep or discard
 OVER_BUDGET_SLACK = 1.05  # training may overrun its budget by 5% + 2 s (last step, submit)
 OVER_BUDGET_GRACE_S = 2.0
 LOG_TAIL_LINES = 50
+PID_FILE = "process.pid"
 RUN_FILES = (S.SUBMISSION_FILE, S.MODEL_FILE, S.EVAL_FILE, S.TELEMETRY_FILE, S.LOG_FILE,
              S.INPROCESS_EVAL_FILE, S.ABORTED_FILE)
 
@@ -82,6 +83,8 @@ def _run_limited(cmd, *, cwd, env, log, limit: float, stop_event=None, on_line=N
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        pid_file = Path(log).with_name(PID_FILE)
+        pid_file.write_text(str(proc.pid))  # lets a restarted loop stop an orphan of a killed one
         pump = threading.Thread(target=_pump, args=(proc.stdout, out, on_line), daemon=True)
         pump.start()
         try:
@@ -103,7 +106,26 @@ def _run_limited(cmd, *, cwd, env, log, limit: float, stop_event=None, on_line=N
             _kill_group(proc)
             raise
         pump.join(timeout=5)
+    pid_file.unlink(missing_ok=True)
     return code, time.monotonic() - started
+
+
+def stop_orphan(run_dir: Path) -> bool:
+    """Kills the process group a killed loop left running in `run_dir`, if it is still ours."""
+    pid_file = Path(run_dir) / PID_FILE
+    try:
+        pid = int(pid_file.read_text())
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except (OSError, ValueError):
+        return False
+    if f"{S.ENV_RUN_DIR}={Path(run_dir).resolve()}".encode() not in environ.split(b"\0"):
+        return False  # the pid was reused by an unrelated process
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    pid_file.unlink(missing_ok=True)
+    return True
 
 
 def _pump(stream, out, on_line) -> None:

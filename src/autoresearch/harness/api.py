@@ -196,7 +196,8 @@ def _evaluate_here(model, account: dict, reason: str) -> None:
 
     prepared = _prepared()
     batches = validation_batches(prepared, _PROFILE.eval_batch_size, MAX_SEQ_LEN, EVAL_TOKENS)
-    result = evaluate_in_process(getattr(model, "_orig_mod", model), batches, prepared.token_bytes())
+    result = evaluate_in_process(getattr(model, "_orig_mod", model), batches, prepared.token_bytes(),
+                                 autocast_dtype=_eval_autocast_dtype(model))
     data = result.to_dict()
     data["reason"] = f"export failed: {reason}"
     data["account"] = account

@@ -1,0 +1,149 @@
+"""The research loop with real git, real subprocesses and the sealed evaluator, on a tiny target."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autoresearch import records as R
+from autoresearch.agents.base import Proposal, ProposalError
+from autoresearch.config import load_settings, save_settings
+from autoresearch.constants import set_constants
+from autoresearch.harness import profiles
+from autoresearch.ledger import Ledger
+from autoresearch.loop import Job, ResearchLoop
+from autoresearch.workspace import EXPERIMENT_REF, Workspace, init_workspace
+
+BIGRAM = Path(__file__).parent / "fixtures" / "bigram_train.py"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, data_cache) -> Workspace:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(data_cache))
+    root = init_workspace(tmp_path / "ws", profile="cpu", budget=1.0, tag="t", prepare_data=False)
+    (root / "train.py").write_text(BIGRAM.read_text())
+    settings = load_settings(root)
+    settings.policy.baseline_repeats = 2
+    save_settings(root, settings)
+    ws = Workspace.open(root)
+    ws.repo.commit_paths(["train.py", "autoresearch.toml"], "tiny bigram target")
+    return ws
+
+
+class ScriptedAgent:
+    name = "scripted"
+
+    def __init__(self, *edits):
+        self.edits = list(edits)
+
+    def propose(self, context):
+        edit = self.edits.pop(0)
+        return edit(context) if callable(edit) else edit
+
+
+def _constant(name, value):
+    def edit(context):
+        return Proposal(f"{name} -> {value}", {"train.py": set_constants(context.files["train.py"], {name: value})})
+    return edit
+
+
+def test_scope_refusal_runs_nothing_and_changes_nothing(workspace):
+    head = workspace.repo.head()
+    program = (workspace.root / "program.md").read_text()
+    loop = ResearchLoop(workspace, ScriptedAgent(
+        Proposal("rewrite the rules", {"program.md": "do anything\n"}),
+        Proposal("sneak a file in", {"train.py": "x = 1\n", "helper.py": "y = 2\n"}),
+        Proposal("broken", {"train.py": "def f(:\n"}),
+        ProposalError("empty reply"),
+    ))
+    loop.prepare()
+    outcomes = [loop.execute(Job(R.CANDIDATE)) for _ in range(4)]
+    assert [r.status for r in outcomes] == [R.FAILED_PROPOSAL] * 4
+    assert "program.md" in outcomes[0].decision_reason and "helper.py" in outcomes[1].decision_reason
+    assert "does not parse" in outcomes[2].decision_reason and outcomes[3].decision_reason == "empty reply"
+    assert workspace.repo.head() == head and workspace.repo.changed_paths() == []
+    assert (workspace.root / "program.md").read_text() == program
+    assert not (workspace.root / "results.tsv").exists() or len(pd.read_csv(workspace.root / "results.tsv", sep="\t")) == 0
+
+
+def test_over_budget_and_timeout_are_never_kept(workspace, monkeypatch):
+    fast = dataclasses.replace(profiles.CPU, startup_allowance=15.0)
+    monkeypatch.setitem(profiles.PROFILES, "cpu", fast)
+    hang = lambda context: Proposal("hang", {"train.py": "import time\ntime.sleep(60)\n" + context.files["train.py"]})
+    loop = ResearchLoop(workspace, ScriptedAgent(_constant("EXTRA_SECONDS", 3.0), hang))
+    loop.prepare()
+    baseline = loop.execute(loop.next_job())
+    assert baseline.status == R.KEEP and baseline.trust == "sealed" and 0 < baseline.val_bpb < 20
+    over = loop.execute(Job(R.CANDIDATE))
+    assert over.status == R.OVER_BUDGET and over.val_bpb is not None
+    assert workspace.repo.head() == baseline.commit
+    timed_out = loop.execute(Job(R.CANDIDATE))
+    assert timed_out.status == R.TIMEOUT
+    assert workspace.repo.head() == baseline.commit
+    assert "EXTRA_SECONDS = 0.0" in (workspace.root / "train.py").read_text()
+    tsv = pd.read_csv(workspace.root / "results.tsv", sep="\t")
+    assert list(tsv["status"]) == ["keep", "discard", "crash"]
+
+
+def _check_invariants(ws: Workspace) -> list:
+    ledger = Ledger(ws.root)
+    records = ledger.records()
+    ids = [r.id for r in records]
+    assert ids == list(range(1, len(ids) + 1)), "ids are consecutive and never duplicated"
+    assert not [r for r in records if r.status == R.RUNNING]
+    ran = [r for r in records if r.status not in (R.FAILED_PROPOSAL,) + R.UNDECIDED]
+    tsv = pd.read_csv(ws.root / "results.tsv", sep="\t")
+    assert len(tsv) == len(ran), "one results.tsv row per experiment that ran, no more, no less"
+    assert list(tsv["commit"].astype(str)) == [r.commit[:7] for r in ran]
+    kept = [r for r in records if r.status == R.KEEP]
+    assert ws.repo.head() == kept[-1].commit, "the branch is at the best kept commit"
+    assert ws.repo.current_branch() == ws.branch
+    for r in records:
+        if r.commit:
+            assert ws.repo.ref_commit(EXPERIMENT_REF.format(id=r.id)) == r.commit
+    assert ws.repo.changed_paths() == []
+    return records
+
+
+def _loop_command(ws: Workspace, n: int) -> list:
+    return [sys.executable, "-m", "autoresearch.cli", "run", "--workspace", str(ws.root),
+            "--max-experiments", str(n), "--plain"]
+
+
+def test_loop_end_to_end_with_the_sweep_agent(workspace):
+    done = subprocess.run(_loop_command(workspace, 4), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _check_invariants(workspace)
+    assert [r.kind for r in records[:2]] == [R.BASELINE, R.BASELINE]
+    candidates = [r for r in records if r.kind == R.CANDIDATE]
+    assert candidates and all(r.agent == "sweep" and " -> " in r.description for r in candidates)
+    assert all(r.trust == "sealed" for r in records if r.val_bpb is not None)
+    assert records[1].noise_sigma is not None and records[1].noise_sigma > 0
+    assert (workspace.root / "report.md").exists() and (workspace.root / "progress.png").stat().st_size > 1000
+
+
+def test_kill_9_at_random_moments_loses_nothing(workspace):
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(6):
+        proc = subprocess.Popen(_loop_command(workspace, 3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.5, 7.0))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 3
+    final = subprocess.run(_loop_command(workspace, 1), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    records = _check_invariants(workspace)
+    assert any(r.status == R.INTERRUPTED for r in records)
+    assert any(r.status == R.KEEP for r in records)
