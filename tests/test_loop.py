@@ -126,17 +126,22 @@ def test_loop_end_to_end_with_the_sweep_agent(workspace):
     candidates = [r for r in records if r.kind == R.CANDIDATE]
     assert candidates and all(r.agent == "sweep" and " -> " in r.description for r in candidates)
     assert all(r.trust == "sealed" for r in records if r.val_bpb is not None)
+    measured = [r for r in records if r.kind != R.BASELINE and r.val_bpb is not None]
+    assert measured and all("sigma" in r.decision_reason or "not better" in r.decision_reason for r in measured), \
+        [r.decision_reason for r in measured]
     assert records[1].noise_sigma is not None and records[1].noise_sigma > 0
     assert (workspace.root / "report.md").exists() and (workspace.root / "progress.png").stat().st_size > 1000
 
 
 def test_kill_9_at_random_moments_loses_nothing(workspace):
+    first = subprocess.run(_loop_command(workspace, 3), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
     rng = random.Random(1234)
     kills = 0
-    for _ in range(6):
+    for _ in range(6):  # candidates from here on: kills land in proposal, training, evaluation, recording
         proc = subprocess.Popen(_loop_command(workspace, 3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
-        time.sleep(rng.uniform(0.5, 7.0))
+        time.sleep(rng.uniform(0.3, 10.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1

@@ -13,8 +13,8 @@ class CliError(Exception):
     """An error meant for the user: printed without a traceback, exit code 2."""
 
 
-def _add_workspace(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workspace", "-w", type=Path, default=None,
+def _add_workspace(p: argparse.ArgumentParser, default=None) -> None:
+    p.add_argument("--workspace", "-w", type=Path, default=default,
                    help="the research workspace (default: the current folder)")
 
 
@@ -60,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp = p.add_subparsers(dest="exp_command", required=True)
     q = exp.add_parser("run", help="commit the current edit, run it, evaluate, decide, record")
     q.add_argument("-d", "--description", required=True, help="one line: what this experiment tries")
-    exp.add_parser("log", help="the history of experiments")
+    q = exp.add_parser("log", help="the history of experiments")
     q = exp.add_parser("show", help="one experiment's record and log")
     q.add_argument("id", type=int)
     q = exp.add_parser("reeval", help="evaluate a submitted model again without retraining")
     q.add_argument("id", type=int)
+    for sub_parser in exp.choices.values():  # -w works before or after the exp command
+        _add_workspace(sub_parser, default=argparse.SUPPRESS)
     return parser
 
 

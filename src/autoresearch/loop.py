@@ -271,7 +271,7 @@ class ResearchLoop:
             record.val_bpb = outcome.val_bpb
             candidate_values = measurements_of(records, record.commit) + [outcome.val_bpb]
             decision = self.policy.decide(candidate_values, measurements_of(records, best), sigma,
-                                          trust=outcome.trust, status=outcome.status,
+                                          trust=outcome.trust, status=R.PENDING,
                                           seed_only=bool(self._original(record, records).extra.get("seed_only")))
             record.decision_reason = decision.reason
             record.status = {"keep": R.KEEP, "discard": R.DISCARD, "rerun": R.PENDING}[decision.action]
