@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoresearch.harness import prepare as prep
-from autoresearch.harness.prepare import dataset_id, load_prepared, prepare
+from autoresearch.harness.prepare import FORMAT_VERSION, dataset_id, load_prepared, prepare
 from autoresearch.harness.sources import CLIMBMIX_VAL_SHARD, DataError, builtin_documents, climbmix_shard_name
 
 
@@ -34,12 +34,12 @@ def builtin_512(tmp_path_factory):
 def test_builtin_prepares_quickly_with_the_documented_layout(builtin_512):
     data, seconds, cache = builtin_512
     assert seconds < 20
-    assert data.root == cache / "datasets" / "builtin" / "v512"
+    assert data.root == cache / "datasets" / "builtin" / f"v512-f{FORMAT_VERSION}"
     for name in ("tokenizer.json", "train.tokens", "train.offsets.npy", "val.tokens", "val.offsets.npy", "DONE"):
         assert (data.root / name).is_file(), name
     assert not [p for p in data.root.parent.iterdir() if p.name.startswith(".")]  # no temp left
     info = data.info()
-    assert info["splits"]["train"]["docs"] == 1071 and info["splits"]["val"]["docs"] == 118
+    assert info["splits"]["train"]["docs"] == 4486 and info["splits"]["val"]["docs"] == 479
 
 
 def test_token_files_hold_the_documents_with_bos(builtin_512):
@@ -48,7 +48,7 @@ def test_token_files_hold_the_documents_with_bos(builtin_512):
     assert tok is data.tokenizer()  # cached
     assert tok.get_vocab_size() == 512
     val = data.split("val")
-    assert len(val) == 118
+    assert len(val) == 479
     bos = tok.get_bos_token_id()
     assert all(val.doc(i)[0] == bos for i in range(len(val)))
     texts = list(builtin_documents("val"))

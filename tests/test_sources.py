@@ -23,15 +23,15 @@ def _digest(docs) -> str:
     return hashlib.sha256("\n".join(docs).encode()).hexdigest()
 
 
-def test_builtin_chapters_and_fixed_split():
+def test_builtin_verse_runs_and_fixed_split():
     train, val = list(builtin_documents("train")), list(builtin_documents("val"))
-    assert len(train) + len(val) == 1189
-    assert len(val) == 118  # chapters 9, 19, ..., 1179 (0-based)
+    assert (len(train), len(val)) == (4486, 479)  # val: chapters 9, 19, ..., 1179 (0-based)
+    assert max(len(doc) for doc in train + val) <= 1000  # runs of verses, not whole chapters
     assert train[0].startswith("In the beginning God created the heaven and the earth. And the earth")
     assert val[0].startswith("Now these are the generations of the sons of Noah")  # Genesis 10
     # pinned: every machine must score on exactly these bytes
-    assert _digest(val) == "0b2d761a5f737fc7f30fe7893059fee64b939e4b1ff333f6368325dc8bdc99fe"
-    assert _digest(train) == "4db2e4655cb699fe4d0ae67bb1a32d8d4393bf65cea5800f883e9663df3e5763"
+    assert _digest(val) == "1f920540465eb774e3edc47a33dbef6585422e38d89910f04c64d7b291bfc1a3"
+    assert _digest(train) == "cda6c4da27fe623d595d4b684214ea7daf95395c08428df31ddfa1621e19e55b"
 
 
 def test_parse_source(tmp_path):

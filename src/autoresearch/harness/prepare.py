@@ -84,8 +84,11 @@ def dataset_dir(source: str) -> Path:
     return cache_root() / "datasets" / dataset_id(source)
 
 
+FORMAT_VERSION = 2  # bump when documents or token files change: old caches are then rebuilt
+
+
 def prepared_dir(source: str, vocab_size: int) -> Path:
-    return dataset_dir(source) / f"v{vocab_size}"
+    return dataset_dir(source) / f"v{vocab_size}-f{FORMAT_VERSION}"
 
 
 def prepare_command(source: str, vocab_size: int) -> str:

@@ -74,27 +74,48 @@ def builtin_data_file() -> Path:
     return path
 
 
+BUILTIN_DOC_CHARS = 1000  # ~240 tokens: most documents fit a cpu-profile row whole
+
+
 def builtin_documents(split: str) -> Iterator[str]:
-    """One document per chapter; every 10th chapter (index % 10 == 9) is validation."""
+    """Runs of consecutive verses up to BUILTIN_DOC_CHARS; every 10th chapter
+    (index % 10 == 9) is validation. Whole chapters (~850 tokens) would not fit a
+    256-token row, and packing would crop away most of each one."""
     _check_split(split)
     want_val = split == "val"
-    chapter_index = -1
-    key = None
-    verses: list[str] = []
+    for chapter_index, verses in enumerate(_builtin_chapters()):
+        if (chapter_index % 10 == 9) == want_val:
+            yield from _verse_runs(verses)
+
+
+def _builtin_chapters() -> Iterator[list[str]]:
+    key, verses = None, []
     with open(builtin_data_file(), encoding="utf-8") as f:
         for line in f:
             if not line.strip():
                 continue
             row = json.loads(line)
             row_key = (row["book"], row["chapter"])
-            if row_key != key:
-                if verses and (chapter_index % 10 == 9) == want_val:
-                    yield " ".join(verses)
-                key, verses = row_key, []
-                chapter_index += 1
+            if row_key != key and verses:
+                yield verses
+                verses = []
+            key = row_key
             verses.append(row["text"].strip())
-    if verses and (chapter_index % 10 == 9) == want_val:
-        yield " ".join(verses)
+    if verses:
+        yield verses
+
+
+def _verse_runs(verses: list[str]) -> Iterator[str]:
+    run: list[str] = []
+    size = 0
+    for verse in verses:
+        if run and size + 1 + len(verse) > BUILTIN_DOC_CHARS:
+            yield " ".join(run)
+            run, size = [], 0
+        run.append(verse)
+        size += len(verse) + (1 if size else 0)
+    if run:
+        yield " ".join(run)
 
 
 # ---- parquet (climbmix and user files) -----------------------------------------------
