@@ -129,7 +129,7 @@ class ResearchLoop:
         best = self.best_commit()
         record = ExperimentRecord(id=experiment_id, kind=job.kind, parent=best or "", agent="",
                                   description=job.description, repeat_of=job.repeat_of,
-                                  profile=self.ws.settings.experiment.profile)
+                                  profile=self.ws.settings.experiment.profile, started_at=time.time())
         self._mark_inflight(experiment_id, "proposing")
         if job.kind == R.CANDIDATE:
             proposal = proposal or self._propose()
@@ -151,7 +151,6 @@ class ResearchLoop:
         record.extra["constants"] = self._constants_at(record.commit)
         record.seed = self.seed_for(record.commit)
         record.status = R.RUNNING
-        record.started_at = time.time()
         self._mark_inflight(experiment_id, "running")
         self.ledger.append(record)
         if self.view:
@@ -205,7 +204,7 @@ class ResearchLoop:
         record.decision_reason = reason
         if isinstance(proposal, Proposal):
             record.description = proposal.description
-        record.finished_at = record.started_at = time.time()
+        record.finished_at = time.time()
         self.ledger.append(record)
         self._clear_inflight()
         self._notify(record)
