@@ -152,3 +152,34 @@ def test_kill_9_at_random_moments_loses_nothing(workspace):
     records = _check_invariants(workspace)
     assert any(r.status == R.INTERRUPTED for r in records)
     assert any(r.status == R.KEEP for r in records)
+
+
+def test_fatal_agent_error_stops_the_loop(workspace):
+    loop = ResearchLoop(workspace, ScriptedAgent(ProposalError("401: bad API key", fatal=True)))
+    loop.prepare()
+    record = loop.execute(Job(R.CANDIDATE))
+    assert record.status == R.FAILED_PROPOSAL and record.extra["fatal"] is True
+    assert loop.should_stop() and "bad API key" in loop.stop_reason
+
+
+def test_cost_and_token_caps_stop_spending(workspace):
+    spend = lambda: ProposalError("no edit", extra={"cost_usd": 0.03, "input_tokens": 900, "output_tokens": 100})
+    loop = ResearchLoop(workspace, ScriptedAgent(spend(), spend()), max_cost=0.05)
+    loop.prepare()
+    loop.execute(Job(R.CANDIDATE))
+    assert not loop.should_stop() and loop.spent() == (0.03, 1000)
+    loop.execute(Job(R.CANDIDATE))
+    assert loop.should_stop() and "cost cap" in loop.stop_reason
+    by_tokens = ResearchLoop(workspace, ScriptedAgent(), max_tokens=2000)
+    assert by_tokens.should_stop() and "token cap" in by_tokens.stop_reason
+
+
+def test_context_carries_history_kept_diffs_and_the_last_run(workspace):
+    loop = ResearchLoop(workspace, ScriptedAgent(_constant("MATRIX_LR", 0.05)))
+    loop.prepare()
+    baseline = loop.execute(loop.next_job())
+    context = loop.build_context()
+    assert context.files["train.py"] == (workspace.root / "train.py").read_text()
+    assert [r.id for r in context.history] == [baseline.id]
+    assert context.telemetry_summary.startswith(f"experiment {baseline.id} (keep") and "loss at 0%" in context.telemetry_summary
+    assert "make_dataloader" in context.harness_api and context.best_val_bpb == baseline.val_bpb

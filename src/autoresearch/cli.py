@@ -46,7 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workspace(p)
     p.add_argument("--max-experiments", type=int, default=None, help="stop after N experiments (this session)")
     p.add_argument("--hours", type=float, default=None, help="stop after H hours")
-    p.add_argument("--agent", default=None, help="sweep (offline, default)")
+    p.add_argument("--agent", default=None, help="sweep (offline, default) | openai | anthropic | command")
+    p.add_argument("--model", default=None, help="LLM agents: the model name (or AUTORESEARCH_MODEL)")
+    p.add_argument("--base-url", default=None, help="LLM agents: the API's base URL, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--api-key", default=None, help="LLM agents: the key (default: OPENAI_API_KEY / ANTHROPIC_API_KEY)")
+    p.add_argument("--edit-format", default=None, help="LLM agents: search-replace (default) | whole-file")
+    p.add_argument("--structured", action="store_true",
+                   help="LLM agents: reply as JSON {constant, value, reason} (for small local models)")
+    p.add_argument("--command", dest="agent_command", default=None,
+                   help="command agent: a preset (claude, codex, aider, gemini) or a template with {prompt}")
+    p.add_argument("--max-cost", type=float, default=None, help="stop when the LLM cost reaches this many USD")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop when the LLM tokens reach this many")
+    p.add_argument("--sandbox", action="store_true",
+                   help="Linux: run training without network and without read access to the validation files")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of the live panel")
 
     p = sub.add_parser("status", help="show a running or finished workspace")
@@ -111,11 +123,16 @@ def _open_loop(args, view=None, stop_event=None):
     from autoresearch.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
+    options = {name: getattr(args, name, None) for name in ("model", "base_url", "api_key", "edit_format")}
     agent = make_agent(getattr(args, "agent", None) or ws.settings.agent.name,
-                       seq_len=ws.settings.profile().max_seq_len)
+                       seq_len=ws.settings.profile().max_seq_len, workspace_root=ws.root,
+                       structured=getattr(args, "structured", False), command=getattr(args, "agent_command", None),
+                       **{k: v for k, v in options.items() if v is not None})
     return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
                         hours=getattr(args, "hours", None), stop_event=stop_event,
-                        on_record=lambda records: _refresh_report(ws, records))
+                        on_record=lambda records: _refresh_report(ws, records),
+                        max_cost=getattr(args, "max_cost", None), max_tokens=getattr(args, "max_tokens", None),
+                        sandbox=getattr(args, "sandbox", False))
 
 
 def _refresh_report(ws, records) -> None:

@@ -19,6 +19,7 @@ from autoresearch import records as R
 from autoresearch.agents.base import AgentContext, Proposal, ProposalError
 from autoresearch.gitrepo import GitError
 from autoresearch.harness.session import TELEMETRY_FILE
+from autoresearch.telemetry import summarize_telemetry
 from autoresearch.ledger import Ledger
 from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy, measurements_of
 from autoresearch.records import ExperimentRecord
@@ -26,6 +27,14 @@ from autoresearch.runner import OK, RunOutcome, run_experiment, stop_orphan
 from autoresearch.workspace import EXPERIMENT_REF, Workspace
 
 BASE_SEED = 42
+HARNESS_API = """\
+from autoresearch.harness.api import MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, SEED, get_tokenizer, make_dataloader, log, submit
+- MAX_SEQ_LEN, TIME_BUDGET (seconds of training), VOCAB_SIZE, SEED: frozen, read-only
+- get_tokenizer(): .get_vocab_size(), .get_bos_token_id(), .encode(text), .decode(ids)
+- make_dataloader(tokenizer, B, T, "train", device=...): yields (x, y, epoch); only the train split
+- log(step, loss=..., progress=..., ...): telemetry; a NaN or diverging loss stops the run early
+- submit(model, **stats): last line; model(idx) must return logits [B, T, VOCAB_SIZE]; the sealed
+  evaluator computes val_bpb from the exported model; train.py never computes it"""
 INFLIGHT_FILE = "inflight.json"  # marks the loop's own uncommitted edits, for resume
 
 
@@ -43,7 +52,8 @@ class Job:
 
 class ResearchLoop:
     def __init__(self, workspace: Workspace, agent, *, view=None, max_experiments: int | None = None,
-                 hours: float | None = None, stop_event: threading.Event | None = None, on_record=None):
+                 hours: float | None = None, stop_event: threading.Event | None = None, on_record=None,
+                 max_cost: float | None = None, max_tokens: int | None = None, sandbox: bool = False):
         self.ws = workspace
         self.agent = agent
         self.view = view
@@ -55,6 +65,9 @@ class ResearchLoop:
         self.policy = make_policy(workspace.settings.policy)
         self.repo = workspace.repo
         self.ran = 0
+        self.max_cost, self.max_tokens = max_cost, max_tokens
+        self.sandbox = sandbox
+        self.stop_reason = ""
 
     # --- set-up and resume ------------------------------------------------------------
     def prepare(self) -> None:
@@ -160,18 +173,39 @@ class ResearchLoop:
         return record
 
     def _propose(self) -> Proposal | ProposalError:
+        try:
+            return self.agent.propose(self.build_context())
+        except Exception as error:  # an agent bug must not stop the loop
+            return ProposalError(f"agent raised {type(error).__name__}: {error}")
+
+    def build_context(self) -> AgentContext:
+        """What an agent is told: program, files, history, kept diffs, the last run, the noise."""
         records = self.ledger.records()
-        context = AgentContext(
-            program=(self.ws.root / "program.md").read_text() if (self.ws.root / "program.md").exists() else "",
+        program = self.ws.root / "program.md"
+        kept = [r for r in records if r.kind == R.CANDIDATE and r.status == R.KEEP and r.parent and r.commit]
+        return AgentContext(
+            program=program.read_text() if program.exists() else "",
             files=self.ws.read_editable(), history=records,
             noise_sigma=NoiseEstimate.from_records(records).sigma(), best_val_bpb=self._best_mean(records),
             last_log_tail=next((r.extra.get("log_tail", "") for r in reversed(records)
-                                if r.status in (R.CRASH, R.TIMEOUT, R.ABORTED)), ""),
+                                if r.status in (R.CRASH, R.TIMEOUT, R.ABORTED, R.INVALID)), ""),
+            kept_diffs={r.id: self._diff(r.parent, r.commit) for r in kept[-10:]},
+            telemetry_summary=self._telemetry_summary(records),
+            harness_api=HARNESS_API,
         )
+
+    def _diff(self, old: str, new: str) -> str:
         try:
-            return self.agent.propose(context)
-        except Exception as error:  # an agent bug must not stop the loop
-            return ProposalError(f"agent raised {type(error).__name__}: {error}")
+            return self.repo.diff(old, new)
+        except GitError:
+            return ""
+
+    def _telemetry_summary(self, records) -> str:
+        ran = [r for r in records if r.log_path and r.status not in R.UNDECIDED]
+        if not ran:
+            return ""
+        last = ran[-1]
+        return summarize_telemetry(Path(last.log_path).with_name(TELEMETRY_FILE), last)
 
     def _apply(self, proposal) -> str:
         """Writes the proposal into the workspace; returns why it was refused, or ''."""
@@ -197,6 +231,10 @@ class ResearchLoop:
         return ""
 
     def _finish_unrun(self, record: ExperimentRecord, proposal, reason: str) -> ExperimentRecord:
+        record.extra.update(getattr(proposal, "extra", None) or {})
+        if isinstance(proposal, ProposalError) and proposal.fatal:
+            record.extra["fatal"] = True
+            self.stop_reason = f"the agent cannot go on: {reason}"
         self.repo.reset_hard("HEAD")
         for path in self.repo.changed_paths():  # untracked files the proposal created
             (self.ws.root / path).unlink(missing_ok=True)
@@ -365,9 +403,25 @@ class ResearchLoop:
         return record
 
     # --- the loop -----------------------------------------------------------------------
+    def spent(self) -> tuple[float, int]:
+        """LLM cost (USD) and tokens recorded so far, over every session of this workspace."""
+        cost, tokens = 0.0, 0
+        for r in self.ledger.records():
+            cost += float(r.extra.get("cost_usd") or 0.0)
+            tokens += int(r.extra.get("input_tokens") or 0) + int(r.extra.get("output_tokens") or 0)
+        return cost, tokens
+
     def should_stop(self) -> bool:
-        if self.stop_event.is_set():
+        if self.stop_event.is_set() or self.stop_reason:
             return True
+        if self.max_cost is not None or self.max_tokens is not None:
+            cost, tokens = self.spent()
+            if self.max_cost is not None and cost >= self.max_cost:
+                self.stop_reason = f"cost cap reached: ${cost:.4f} of ${self.max_cost:.4f}"
+                return True
+            if self.max_tokens is not None and tokens >= self.max_tokens:
+                self.stop_reason = f"token cap reached: {tokens:,} of {self.max_tokens:,}"
+                return True
         if self.max_experiments is not None and self.ran >= self.max_experiments:
             return True
         return self.deadline is not None and time.time() >= self.deadline
@@ -384,6 +438,8 @@ class ResearchLoop:
                 if self.view:
                     self.view.message(f"the agent has nothing more to propose: {record.decision_reason}")
                 break
+        if self.stop_reason and self.view:
+            self.view.message(self.stop_reason)
         return done
 
     def _exhausted(self, record) -> bool:

@@ -8,5 +8,5 @@ def make_agent(name: str, **options):
     if name == "sweep":
         from autoresearch.agents.sweep import SweepAgent
 
-        return SweepAgent(**options)
+        return SweepAgent(seq_len=options.get("seq_len"))
     raise ValueError(f"unknown agent {name!r}; available: {', '.join(AGENTS)}")
