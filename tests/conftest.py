@@ -38,3 +38,23 @@ def data_cache(tmp_path_factory) -> Path:
         else:
             os.environ["AUTORESEARCH_CACHE"] = old
     return root
+
+
+BIGRAM = Path(__file__).parent / "fixtures" / "bigram_train.py"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, data_cache):
+    """A cpu-profile workspace whose target is a tiny bigram model with a 1 s budget."""
+    from autoresearch.config import load_settings, save_settings
+    from autoresearch.workspace import Workspace, init_workspace
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(data_cache))
+    root = init_workspace(tmp_path / "ws", profile="cpu", budget=1.0, tag="t", prepare_data=False)
+    (root / "train.py").write_text(BIGRAM.read_text())
+    settings = load_settings(root)
+    settings.policy.baseline_repeats = 2
+    save_settings(root, settings)
+    ws = Workspace.open(root)
+    ws.repo.commit_paths(["train.py", "autoresearch.toml"], "tiny bigram target")
+    return ws

@@ -22,22 +22,6 @@ from autoresearch.ledger import Ledger
 from autoresearch.loop import Job, ResearchLoop
 from autoresearch.workspace import EXPERIMENT_REF, Workspace, init_workspace
 
-BIGRAM = Path(__file__).parent / "fixtures" / "bigram_train.py"
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, data_cache) -> Workspace:
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(data_cache))
-    root = init_workspace(tmp_path / "ws", profile="cpu", budget=1.0, tag="t", prepare_data=False)
-    (root / "train.py").write_text(BIGRAM.read_text())
-    settings = load_settings(root)
-    settings.policy.baseline_repeats = 2
-    save_settings(root, settings)
-    ws = Workspace.open(root)
-    ws.repo.commit_paths(["train.py", "autoresearch.toml"], "tiny bigram target")
-    return ws
-
-
 class ScriptedAgent:
     name = "scripted"
 

@@ -206,3 +206,11 @@ def test_seed_change_with_another_change_is_not_seed_only(other_old, other_new):
 
 def test_no_code_change_is_not_a_seed_change():
     assert not is_seed_only_change(TRAIN, TRAIN.replace("# reproducible", "# fixed"))
+
+
+def test_replacing_the_seed_name_by_a_number_is_seed_only():
+    from autoresearch.policy import is_seed_only_change
+
+    code = "import torch\ntorch.manual_seed(SEED)\nLR = 0.1\n"
+    assert is_seed_only_change(code, code.replace("manual_seed(SEED)", "manual_seed(137)"))
+    assert not is_seed_only_change(code, code.replace("manual_seed(SEED)", "manual_seed(LR)"))

@@ -160,9 +160,15 @@ def _lines_differ_only_in_seeds(old_line: str, new_line: str) -> bool:
     for position, (before, after) in enumerate(zip(old, new)):
         if before == after:
             continue
-        if before[0] != "number" or after[0] != "number" or not _in_seed_context(new, position):
+        if not (_seed_value(before) and _seed_value(after) and _in_seed_context(new, position)):
             return False
     return True
+
+
+def _seed_value(token) -> bool:
+    """A literal seed, or a name that holds one (SEED -> 137 is still only a seed change)."""
+    kind, text = token[0], token[1]
+    return kind == "number" or (kind == "name" and "seed" in text.lower())
 
 
 def is_seed_only_change(old_text: str, new_text: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from autoresearch import records as R
 from autoresearch.harness import session as S
 from autoresearch.harness.profiles import Profile
+from autoresearch.integrity import integrity_reason
 from autoresearch.summary import format_summary
 
 OK = "ok"  # measured; the policy decides keep or discard
@@ -218,6 +219,7 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
     log = run_dir / S.LOG_FILE
     limit = profile.time_budget + profile.startup_allowance
     env = _child_env(workspace, run_dir, seed, managed=True)
+    started_wall = time.time()
     code, train_wall = _run_limited([sys.executable, target], cwd=workspace, env=env, log=log, limit=limit,
                                     stop_event=stop_event, on_line=on_line)
     if code == "interrupted":
@@ -232,6 +234,7 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
         outcome = RunOutcome(R.CRASH, f"train.py exited with code {code}", log_path=str(log), log_tail=log_tail(log))
     else:
         outcome = evaluate_run(workspace, run_dir, timeout=profile.eval_allowance, stop_event=stop_event)
+        outcome = judge_integrity(outcome, run_dir, started_wall)
         outcome = judge_budget(outcome, profile)
     outcome.seed = seed
     eval_seconds = outcome.eval_seconds or 0.0
@@ -239,6 +242,19 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
     outcome.summary = format_summary(summary_values(outcome, outcome.account, total_seconds=train_wall))
     with open(log, "a") as f:
         f.write("\n" + outcome.summary + "\n")
+    return outcome
+
+
+def judge_integrity(outcome: RunOutcome, run_dir: Path, started_wall: float) -> RunOutcome:
+    """A run whose account was falsified is `invalid`, whatever its metric."""
+    submission = _read_json(run_dir / S.SUBMISSION_FILE)
+    if outcome.status not in (OK, R.INVALID) or submission is None:
+        return outcome
+    written = (run_dir / S.SUBMISSION_FILE).stat().st_mtime
+    real = written - started_wall - float(submission.get("export_seconds") or 0.0)
+    reason = integrity_reason(outcome.account, real_seconds=real)
+    if reason:
+        outcome.status, outcome.reason = R.INVALID, reason
     return outcome
 
 

@@ -162,11 +162,33 @@ def _account_stats(stats: dict) -> dict:
     return merged
 
 
+def _snapshot() -> dict:
+    """What train.py must not change at run time: clocks, constants, the harness's own functions."""
+    module = sys.modules[__name__]
+    watched = {name: getattr(module, name) for name in
+               ("PROFILE", "MAX_SEQ_LEN", "TIME_BUDGET", "VOCAB_SIZE", "EVAL_TOKENS", "SEED", "WARMUP_BATCHES",
+                "_clock", "_ACCOUNT", "_counted", "make_dataloader", "harness_training_seconds", "log",
+                "_check_loss", "_account_stats", "submit", "_snapshot", "tampering")}
+    watched.update({f"time.{name}": getattr(time, name) for name in ("monotonic", "time", "perf_counter")})
+    codes = {name: value.__code__ for name, value in watched.items() if hasattr(value, "__code__")}
+    return {"objects": watched, "codes": codes}
+
+
+def tampering() -> list[str]:
+    """Names whose object or code differs from what the harness saw at import."""
+    now = _snapshot()
+    changed = [name for name, value in _SNAPSHOT["objects"].items() if now["objects"].get(name) is not value]
+    changed += [f"{name}.__code__" for name, code in _SNAPSHOT["codes"].items()
+                if now["codes"].get(name) is not code and name not in changed]
+    return sorted(changed)
+
+
 def submit(model, **stats) -> None:
     """Hands the trained model to the evaluator. Call once, at the end of train.py."""
     from autoresearch.harness import export as export_mod
 
     account = _account_stats(stats)
+    account["tampered"] = tampering()
     if _telemetry_file is not None:
         _telemetry_file.flush()
     run_dir = _SESSION.run_dir
@@ -211,3 +233,6 @@ def _evaluate_and_print(account: dict) -> None:
 
     outcome = evaluate_run(_SESSION.workspace, _SESSION.run_dir, timeout=_PROFILE.eval_allowance)
     print(format_summary(summary_values(outcome, account, total_seconds=_clock() - _START)), flush=True)
+
+
+_SNAPSHOT = _snapshot()  # taken at import, before train.py's own code runs

@@ -1,0 +1,131 @@
+"""Each threat to the metric, tried for real against the runner and the sealed evaluator."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from autoresearch import records as R
+from autoresearch.agents.base import Proposal
+from autoresearch.harness import profiles
+from autoresearch.integrity import clock_reason, tamper_reason
+from autoresearch.loop import Job, ResearchLoop
+from autoresearch.runner import OK, run_experiment
+
+SUBMIT = "submit(model, num_steps=step"
+
+
+def _run(ws, text: str, seed: int = 42):
+    (ws.root / "train.py").write_text(text)
+    return run_experiment(ws.root, ws.run_dir(seed), ws.settings.profile(), seed=seed)
+
+
+def _edit(ws, old: str, new: str) -> str:
+    text = (ws.root / "train.py").read_text()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def test_honest_run_is_sealed(workspace):
+    outcome = _run(workspace, (workspace.root / "train.py").read_text())
+    assert outcome.status == OK and outcome.trust == "sealed" and 1.0 < outcome.val_bpb < 10.0
+    assert outcome.account["tampered"] == []
+
+
+def test_printed_and_self_written_metrics_are_ignored(workspace):
+    text = _edit(workspace, SUBMIT, "print('val_bpb:          0.000100')\n"
+                 "import json, os\njson.dump({'status': 'ok', 'val_bpb': 0.0001, 'trust': 'sealed'}, "
+                 "open(os.environ['AUTORESEARCH_RUN_DIR'] + '/eval.json', 'w'))\n" + SUBMIT)
+    outcome = _run(workspace, text)
+    assert outcome.status == OK and outcome.val_bpb > 1.0  # the evaluator's figure, not the printed one
+
+
+def test_look_ahead_model_is_invalid(workspace):
+    leak = _edit(workspace, "logits = self.head(self.embed(idx)).float()",
+                 "logits = self.head(self.embed(idx) + self.embed(torch.roll(idx, -1, dims=1))).float()")
+    outcome = _run(workspace, leak)
+    assert outcome.status == R.INVALID and "probe" in (outcome.reason or "").lower()
+
+
+def test_validation_split_is_refused_to_training_code(workspace):
+    text = _edit(workspace, '"train")', '"val")')
+    outcome = _run(workspace, text)
+    assert outcome.status == R.CRASH and "only read the 'train' split" in outcome.log_tail
+
+
+@pytest.mark.parametrize("patch", [
+    "import autoresearch.harness.api as H\nH.TIME_BUDGET = 1000.0\n",
+    "import time\n_real = time.monotonic\ntime.monotonic = lambda: _real() * 0.5\n",
+    "import autoresearch.harness.api as H\nH.harness_training_seconds = lambda: 0.5\n",
+])
+def test_monkeypatching_the_harness_is_invalid(workspace, patch):
+    text = _edit(workspace, "torch.manual_seed(SEED)", patch + "torch.manual_seed(SEED)")
+    outcome = _run(workspace, text)
+    assert outcome.status == R.INVALID and "changed at run time" in outcome.reason
+
+
+def test_slowed_harness_clock_is_caught_from_outside():
+    assert clock_reason({"process_seconds": 30.0, "harness_training_seconds": 20.0, "startup_seconds": 5.0},
+                        real_seconds=61.0) is not None  # a clock running at half speed
+    assert clock_reason({"process_seconds": 59.0, "harness_training_seconds": 50.0, "startup_seconds": 5.0},
+                        real_seconds=61.0) is None
+    assert tamper_reason({"tampered": ["time.monotonic"]}).endswith("time.monotonic")
+
+
+def test_training_past_the_budget_is_over_budget(workspace):
+    outcome = _run(workspace, _edit(workspace, "EXTRA_SECONDS = 0.0", "EXTRA_SECONDS = 3.0"))
+    assert outcome.status == R.OVER_BUDGET and outcome.val_bpb is not None
+
+
+def test_tampered_export_is_invalid(workspace):
+    text = (workspace.root / "train.py").read_text() + (
+        "import os\nwith open(os.environ['AUTORESEARCH_RUN_DIR'] + '/model.pt2', 'ab') as f:\n    f.write(b'x')\n")
+    outcome = _run(workspace, text)
+    assert outcome.status == R.INVALID and "changed after export" in outcome.reason
+
+
+def test_nan_loss_is_aborted_early(workspace):
+    text = _edit(workspace, "log(step, loss=loss.item()", "log(step, loss=float('nan') if step > 5 else loss.item()")
+    outcome = _run(workspace, text)
+    assert outcome.status == R.ABORTED and "nan" in outcome.reason
+
+
+def test_out_of_memory_is_a_crash_with_its_log(workspace):
+    text = _edit(workspace, "torch.manual_seed(SEED)", "torch.empty(2**44, dtype=torch.uint8)\ntorch.manual_seed(SEED)")
+    outcome = _run(workspace, text)
+    assert outcome.status == R.CRASH and ("memory" in outcome.log_tail.lower() or "alloc" in outcome.log_tail.lower())
+
+
+def test_seed_only_change_is_never_kept(workspace):
+    seed_only = lambda context: Proposal("lucky seed", {"train.py": context.files["train.py"].replace(
+        "torch.manual_seed(SEED)", "torch.manual_seed(137)")})
+
+    class Agent:
+        name = "scripted"
+
+        def propose(self, context):
+            return seed_only(context)
+
+    loop = ResearchLoop(workspace, Agent())
+    loop.prepare()
+    loop.execute(loop.next_job())
+    record = loop.execute(Job(R.CANDIDATE))
+    assert record.extra["seed_only"] is True
+    assert record.status in (R.DISCARD, R.PENDING)
+    while record.status == R.PENDING:
+        record = loop.execute(loop.next_job())
+    final = [r for r in loop.ledger.records() if r.kind == R.CANDIDATE][-1]
+    assert final.status == R.DISCARD
+
+
+def test_evaluator_crash_keeps_the_model_and_reeval_recovers_it(workspace, monkeypatch):
+    monkeypatch.setitem(profiles.PROFILES, "cpu", dataclasses.replace(profiles.CPU, eval_allowance=0.2))
+    loop = ResearchLoop(workspace, agent=None)
+    loop.prepare()
+    first = loop.execute(loop.next_job())
+    assert first.status == R.TIMEOUT and "evaluation" in first.decision_reason
+    assert (workspace.run_dir(first.id) / "model.pt2").exists()
+    monkeypatch.setitem(profiles.PROFILES, "cpu", profiles.CPU)
+    again = loop.reevaluate(first.id)
+    assert again.status == R.KEEP and again.trust == "sealed" and again.val_bpb > 1.0
+    assert workspace.repo.head() == again.commit
