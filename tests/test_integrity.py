@@ -129,3 +129,22 @@ def test_evaluator_crash_keeps_the_model_and_reeval_recovers_it(workspace, monke
     again = loop.reevaluate(first.id)
     assert again.status == R.KEEP and again.trust == "sealed" and again.val_bpb > 1.0
     assert workspace.repo.head() == again.commit
+
+
+def test_sandboxed_training_cannot_read_the_validation_files(workspace):
+    from autoresearch.harness.prepare import prepared_dir
+    from autoresearch.sandbox import sandbox_available
+
+    available, why = sandbox_available()
+    if not available:
+        pytest.skip(why)
+    val = prepared_dir("builtin", workspace.settings.profile().vocab_size) / "val.tokens"
+    peek = f"data = open({str(val)!r}, 'rb').read()\nprint('VAL BYTES', len(data))\n"
+    text = _edit(workspace, "torch.manual_seed(SEED)", peek + "torch.manual_seed(SEED)")
+    (workspace.root / "train.py").write_text(text)
+    open_run = run_experiment(workspace.root, workspace.run_dir(1), workspace.settings.profile(), seed=1)
+    assert "VAL BYTES" in open(open_run.log_path).read()  # without the sandbox the file is readable
+    sealed = run_experiment(workspace.root, workspace.run_dir(2), workspace.settings.profile(), seed=2,
+                            sandbox_data="builtin")
+    assert sealed.status == R.CRASH and "VAL BYTES" not in open(sealed.log_path).read()
+    assert "Permission" in sealed.log_tail or "denied" in sealed.log_tail.lower()

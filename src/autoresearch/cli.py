@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run train.py once under the budget and evaluate it (sealed)")
     _add_workspace(p)
     p.add_argument("--seed", type=int, default=42, help="seed passed to train.py")
+    p.add_argument("--sandbox", action="store_true",
+                   help="Linux: train without network and without read access to the validation files")
 
     p = sub.add_parser("run", help="the research loop: propose, run, evaluate, keep or discard, repeat")
     _add_workspace(p)
@@ -111,7 +113,8 @@ def cmd_train(args) -> int:
     ws = Workspace.open(args.workspace)
     run_dir = ws.state_dir / "runs" / time.strftime("train-%Y%m%d-%H%M%S")
     outcome = run_experiment(ws.root, run_dir, ws.settings.profile(), seed=args.seed,
-                             target=ws.settings.experiment.target, on_line=print)
+                             target=ws.settings.experiment.target, on_line=print,
+                             sandbox_data=ws.settings.experiment.data if args.sandbox else None)
     print(outcome.summary)
     print(f"log: {outcome.log_path}")
     return 0 if outcome.status == OK else 1
@@ -220,7 +223,8 @@ def main(argv=None) -> int:
 
 
 def _is_user_error(error: Exception) -> bool:
-    names = {"CliError", "ConfigError", "WorkspaceError", "GitError", "DataError", "LedgerError", "LoopError"}
+    names = {"CliError", "ConfigError", "WorkspaceError", "GitError", "DataError", "LedgerError", "LoopError",
+             "SandboxUnavailable"}
     if isinstance(error, ValueError) and str(error).startswith(("unknown agent", "unknown profile")):
         return True
     return type(error).__name__ in names or isinstance(error, (FileNotFoundError, PermissionError))

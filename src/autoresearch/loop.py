@@ -73,6 +73,12 @@ class ResearchLoop:
     def prepare(self) -> None:
         """Checks the workspace, repairs what a kill left behind, puts the branch at the best commit."""
         self.repo.check_identity()
+        if self.sandbox:
+            from autoresearch.sandbox import SandboxUnavailable, sandbox_available
+
+            available, why = sandbox_available()
+            if not available:
+                raise SandboxUnavailable(f"--sandbox cannot be used here: {why}")
         inflight = self.ws.state_dir / INFLIGHT_FILE
         records = self.ledger.records()
         for record in records:
@@ -276,7 +282,8 @@ class ResearchLoop:
             follower = follow_telemetry(run_dir / TELEMETRY_FILE, self.view, done)
         try:
             return run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
-                                  target=self.ws.settings.experiment.target, stop_event=self.stop_event)
+                                  target=self.ws.settings.experiment.target, stop_event=self.stop_event,
+                                  sandbox_data=self.ws.settings.experiment.data if self.sandbox else None)
         finally:
             done.set()
             if follower is not None:

@@ -210,7 +210,10 @@ def _params(account: dict):
 
 
 def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: int, target: str = "train.py",
-                   stop_event: threading.Event | None = None, on_line=None) -> RunOutcome:
+                   stop_event: threading.Event | None = None, on_line=None,
+                   sandbox_data: str | None = None) -> RunOutcome:
+    """`sandbox_data`: the workspace's data source; when given, training runs without network
+    and without read access to that source's validation files (Linux)."""
     """Trains `target` under the profile's budget, evaluates it, and judges the budget."""
     workspace, run_dir = Path(workspace).resolve(), Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,13 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
     limit = profile.time_budget + profile.startup_allowance
     env = _child_env(workspace, run_dir, seed, managed=True)
     started_wall = time.time()
-    code, train_wall = _run_limited([sys.executable, target], cwd=workspace, env=env, log=log, limit=limit,
+    command = [sys.executable, target]
+    if sandbox_data is not None:
+        from autoresearch import sandbox
+
+        command = sandbox.wrap_command(command, hidden_paths=sandbox.validation_paths(sandbox_data, profile.vocab_size),
+                                       writable=[run_dir, workspace])
+    code, train_wall = _run_limited(command, cwd=workspace, env=env, log=log, limit=limit,
                                     stop_event=stop_event, on_line=on_line)
     if code == "interrupted":
         outcome = RunOutcome(R.INTERRUPTED, "stopped while training", log_path=str(log))
