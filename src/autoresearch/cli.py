@@ -127,10 +127,14 @@ def _open_loop(args, view=None, stop_event=None):
 
     ws = Workspace.open(args.workspace)
     options = {name: getattr(args, name, None) for name in ("model", "base_url", "api_key", "edit_format")}
-    agent = make_agent(getattr(args, "agent", None) or ws.settings.agent.name,
-                       seq_len=ws.settings.profile().max_seq_len, workspace_root=ws.root,
-                       structured=getattr(args, "structured", False), command=getattr(args, "agent_command", None),
-                       **{k: v for k, v in options.items() if v is not None})
+    try:
+        agent = make_agent(getattr(args, "agent", None) or ws.settings.agent.name,
+                           seq_len=ws.settings.profile().max_seq_len, workspace_root=ws.root,
+                           structured=getattr(args, "structured", False),
+                           command=getattr(args, "agent_command", None),
+                           **{k: v for k, v in options.items() if v is not None})
+    except ValueError as error:  # a missing model, key or preset: the user's to fix
+        raise CliError(str(error)) from None
     return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
                         hours=getattr(args, "hours", None), stop_event=stop_event,
                         on_record=lambda records: _refresh_report(ws, records),
@@ -225,7 +229,7 @@ def main(argv=None) -> int:
 def _is_user_error(error: Exception) -> bool:
     names = {"CliError", "ConfigError", "WorkspaceError", "GitError", "DataError", "LedgerError", "LoopError",
              "SandboxUnavailable"}
-    if isinstance(error, ValueError) and str(error).startswith(("unknown agent", "unknown profile")):
+    if isinstance(error, ValueError) and str(error).startswith("unknown profile"):
         return True
     return type(error).__name__ in names or isinstance(error, (FileNotFoundError, PermissionError))
 
