@@ -9,7 +9,7 @@ from autoresearch.agents.llm import LLMAgent, constant_schema
 from autoresearch.agents.providers import AnthropicMessagesClient, OpenAIChatClient
 from autoresearch.agents.retry import RetryPolicy
 from autoresearch.agents.sweep import SweepAgent
-from test_providers import Reply, ScriptedServer, anthropic_reply, error_reply, openai_reply
+from llm_server import Reply, ScriptedServer, anthropic_reply, error_reply, openai_reply
 
 TRAIN = '''\
 MATRIX_LR = 0.04  # learning rate of matrix parameters
