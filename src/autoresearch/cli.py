@@ -180,8 +180,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import json
-
     from rich.console import Console
 
     from autoresearch.ledger import Ledger
@@ -189,10 +187,30 @@ def cmd_status(args) -> int:
     from autoresearch.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
-    inflight = ws.state_dir / "inflight.json"
-    running = json.loads(inflight.read_text()) if inflight.exists() else None
-    Console().print(render_status(Ledger(ws.root).records(), running))
+    records = Ledger(ws.root).records()
+    Console().print(render_status(records, _running_experiment(ws, records)))
     return 0
+
+
+def _running_experiment(ws, records) -> dict | None:
+    """The experiment in flight, with its latest telemetry, for the status panel."""
+    import json
+
+    from autoresearch.telemetry import read_telemetry
+
+    inflight = ws.state_dir / "inflight.json"
+    try:
+        state = json.loads(inflight.read_text())
+    except (OSError, ValueError):
+        return None
+    record = next((r for r in records if r.id == state.get("id")), None)
+    running = {"id": state.get("id"), "budget_seconds": ws.settings.profile().time_budget,
+               "description": record.description if record else state.get("phase", ""),
+               "started_at": record.started_at if record else state.get("at")}
+    rows = read_telemetry(ws.run_dir(state["id"]) / "telemetry.jsonl") if isinstance(state.get("id"), int) else []
+    if rows:
+        running.update(rows[-1])
+    return running
 
 
 def cmd_report(args) -> int:
