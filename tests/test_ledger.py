@@ -231,3 +231,14 @@ def test_best_is_the_keep_written_last_not_the_highest_id(tmp_path):
     ledger.append(record(3, KEEP, 0.99))
     ledger.append(record(2, KEEP, 0.98))
     assert ledger.best().id == 2
+
+
+def test_rows_stay_in_id_order_behind_a_pending_candidate(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.append(record(1, KEEP, commit="a" * 40, description="baseline"))
+    ledger.append(record(2, PENDING, commit="b" * 40, description="candidate"))
+    ledger.append(record(3, DISCARD, commit="c" * 40, description="later one"))
+    assert [line.split("\t")[4] for line in tsv_lines(tmp_path)[1:]] == ["baseline"]
+    ledger.append(record(2, KEEP, commit="b" * 40, description="candidate"))
+    assert [line.split("\t")[4] for line in tsv_lines(tmp_path)[1:]] == ["baseline", "candidate", "later one"]
+    assert len(Ledger(tmp_path).records()) == 3 and len(tsv_lines(tmp_path)) == 4  # reopening adds nothing

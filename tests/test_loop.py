@@ -198,3 +198,25 @@ def test_loop_with_an_llm_over_the_openai_wire_format(workspace):
     assert all(r.path == "/v1/chat/completions" and r.body["model"] == "local-model" for r in server.requests)
     repair = server.requests[2].body["messages"][-1]["content"]
     assert "MATRIX_LR = 0.3" in repair  # the model was told which search text failed
+
+
+def test_a_pending_candidate_is_settled_before_the_loop_stops(workspace):
+    class AlwaysRerun:
+        name = "rerun-twice"
+
+        def __init__(self):
+            self.calls = 0
+
+        def decide(self, candidate_values, best_values, sigma, **kwargs):
+            self.calls += 1
+            from autoresearch.policy import Decision
+            return Decision("rerun", "test: rerun") if len(candidate_values) < 2 else Decision("discard", "test: done")
+
+    loop = ResearchLoop(workspace, ScriptedAgent(_constant("MATRIX_LR", 0.03)), max_experiments=2)
+    loop.policy = AlwaysRerun()
+    workspace.settings.policy.baseline_repeats = 1
+    done = loop.run()
+    assert [r.kind for r in done] == [R.BASELINE, R.CANDIDATE, R.CONFIRM]
+    assert [r.status for r in loop.ledger.records()] == [R.KEEP, R.DISCARD, R.DISCARD]
+    tsv = pd.read_csv(workspace.root / "results.tsv", sep="\t")
+    assert list(tsv["description"]) == ["baseline", "MATRIX_LR -> 0.03", done[2].description]

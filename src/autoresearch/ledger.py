@@ -134,7 +134,7 @@ class Ledger:
         self._written_at: dict[int, int] = {}  # id -> journal position of its latest version
         self._lines = 0
         self._rows: list[str] = []  # the rows results.tsv should hold, in order
-        self._ids_with_row: set[int] = set()
+        self._next_row_id = 1  # rows go out in id order; an undecided experiment holds back later ones
         self._rows_on_disk = 0
         for record in _read_journal(self.journal_path):
             self._absorb(record)
@@ -203,11 +203,16 @@ class Ledger:
         self._latest[record.id] = record
         self._written_at[record.id] = self._lines
         self._lines += 1
-        row = tsv_row(record)
-        # results.tsv is append-only, so an experiment gets its row when first decided
-        if row is not None and record.id not in self._ids_with_row:
-            self._ids_with_row.add(record.id)
-            self._rows.append(row)
+        # results.tsv is append-only and in id order: an experiment gets its row once it and
+        # every earlier one are decided (a candidate waiting for its confirmation holds the rest)
+        while self._next_row_id in self._latest:
+            current = self._latest[self._next_row_id]
+            if current.status in UNDECIDED:
+                break
+            row = tsv_row(current)
+            if row is not None:
+                self._rows.append(row)
+            self._next_row_id += 1
 
     def _count_rows_on_disk(self) -> int:
         """Rows in results.tsv after cutting off a torn last line; creates the file."""

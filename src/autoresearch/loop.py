@@ -436,8 +436,13 @@ class ResearchLoop:
     def run(self) -> list[ExperimentRecord]:
         self.prepare()
         done = []
-        while not self.should_stop():
-            record = self.execute(self.next_job())
+        while not self.stop_event.is_set():
+            job = self.next_job()
+            # a candidate waiting for its confirmation is settled before the loop stops on a
+            # count, time or cost limit (those runs cost no agent tokens); Ctrl-C stops at once
+            if self.should_stop() and job.kind != R.CONFIRM:
+                break
+            record = self.execute(job)
             done.append(record)
             if record.status != R.FAILED_PROPOSAL:
                 self.ran += 1

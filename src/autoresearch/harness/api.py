@@ -38,6 +38,7 @@ EVAL_TOKENS = _PROFILE.eval_tokens
 SEED = _SESSION.seed
 
 WARMUP_BATCHES = 10  # batches served before the harness starts its training clock
+DATA_ORDER_SEED = 0  # the training data's order is part of the frozen harness
 DIVERGENCE_FACTOR = 1.5  # loss this far above its lowest, late in training, is diverging
 MAX_LOSS = 100.0
 
@@ -80,7 +81,9 @@ def make_dataloader(tokenizer, batch_size: int, seq_len: int, split: str = "trai
     from autoresearch.harness.dataloader import make_loader
 
     del tokenizer  # the token files were made with this same tokenizer
-    loader = make_loader(_prepared(), batch_size, seq_len, "train", device=device, seed=SEED)
+    # one data order for every run, whatever its seed: runs are compared on the same data, so
+    # the noise between them is only initialisation and timing (the seed changes those)
+    loader = make_loader(_prepared(), batch_size, seq_len, "train", device=device, seed=DATA_ORDER_SEED)
     return _counted(loader, batch_size * seq_len)
 
 
