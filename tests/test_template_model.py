@@ -200,6 +200,7 @@ def test_main_trains_and_submits(tpl, monkeypatch):
 
     api = types.ModuleType("autoresearch.harness.api")
     api.MAX_SEQ_LEN, api.TIME_BUDGET, api.VOCAB_SIZE, api.SEED = SEQ_LEN, 2.0, VOCAB, 42
+    api.WARMUP_STEPS = 2
     tokenizer = types.SimpleNamespace(get_vocab_size=lambda: VOCAB, get_bos_token_id=lambda: 0)
     api.get_tokenizer = lambda: tokenizer
 

@@ -28,8 +28,8 @@ from autoresearch.workspace import EXPERIMENT_REF, Workspace
 
 BASE_SEED = 42
 HARNESS_API = """\
-from autoresearch.harness.api import MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, SEED, get_tokenizer, make_dataloader, log, submit
-- MAX_SEQ_LEN, TIME_BUDGET (seconds of training), VOCAB_SIZE, SEED: frozen, read-only
+from autoresearch.harness.api import MAX_SEQ_LEN, TIME_BUDGET, WARMUP_STEPS, VOCAB_SIZE, SEED, get_tokenizer, make_dataloader, log, submit
+- MAX_SEQ_LEN, TIME_BUDGET (seconds of training after the first WARMUP_STEPS steps), VOCAB_SIZE, SEED: frozen
 - get_tokenizer(): .get_vocab_size(), .get_bos_token_id(), .encode(text), .decode(ids)
 - make_dataloader(tokenizer, B, T, "train", device=...): yields (x, y, epoch); only the train split
 - log(step, loss=..., progress=..., ...): telemetry; a NaN or diverging loss stops the run early

@@ -1,6 +1,6 @@
 """Everything train.py may use from the harness, and nothing more.
 
-    MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, EVAL_TOKENS, SEED, PROFILE   frozen constants
+    MAX_SEQ_LEN, TIME_BUDGET, WARMUP_STEPS, VOCAB_SIZE, EVAL_TOKENS, SEED, PROFILE   frozen constants
     get_tokenizer()                                                     the workspace's tokenizer
     make_dataloader(tokenizer, B, T, "train", device=...)               training batches only
     log(step, **metrics)                                                telemetry
@@ -37,7 +37,7 @@ VOCAB_SIZE = _PROFILE.vocab_size
 EVAL_TOKENS = _PROFILE.eval_tokens
 SEED = _SESSION.seed
 
-WARMUP_BATCHES = 10  # batches served before the harness starts its training clock
+WARMUP_STEPS = _PROFILE.warmup_steps  # steps before the budget's clock starts (compilation)
 DATA_ORDER_SEED = 0  # the training data's order is part of the frozen harness
 DIVERGENCE_FACTOR = 1.5  # loss this far above its lowest, late in training, is diverging
 MAX_LOSS = 100.0
@@ -50,7 +50,9 @@ class _Account:
         self.batches = 0
         self.tokens = 0
         self.first_batch_at = None
-        self.clock_start_at = None  # after WARMUP_BATCHES: compile and warmup excluded
+        # after WARMUP_STEPS batches: compile and warmup excluded; counting batches, not steps,
+        # starts the clock early under gradient accumulation, never late
+        self.clock_start_at = None
         self.lowest_loss = math.inf
 
 
@@ -92,7 +94,7 @@ def _counted(loader, tokens_per_batch: int):
         now = _clock()
         if _ACCOUNT.first_batch_at is None:
             _ACCOUNT.first_batch_at = now
-        if _ACCOUNT.batches == WARMUP_BATCHES:
+        if _ACCOUNT.batches == WARMUP_STEPS:
             _ACCOUNT.clock_start_at = now
         _ACCOUNT.batches += 1
         _ACCOUNT.tokens += tokens_per_batch
@@ -169,7 +171,7 @@ def _snapshot() -> dict:
     """What train.py must not change at run time: clocks, constants, the harness's own functions."""
     module = sys.modules[__name__]
     watched = {name: getattr(module, name) for name in
-               ("PROFILE", "MAX_SEQ_LEN", "TIME_BUDGET", "VOCAB_SIZE", "EVAL_TOKENS", "SEED", "WARMUP_BATCHES",
+               ("PROFILE", "MAX_SEQ_LEN", "TIME_BUDGET", "VOCAB_SIZE", "EVAL_TOKENS", "SEED", "WARMUP_STEPS",
                 "_clock", "_ACCOUNT", "_counted", "make_dataloader", "harness_training_seconds", "log",
                 "_check_loss", "_account_stats", "submit", "_snapshot", "tampering")}
     watched.update({f"time.{name}": getattr(time, name) for name in ("monotonic", "time", "perf_counter")})

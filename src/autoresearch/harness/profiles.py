@@ -18,6 +18,7 @@ class Profile:
     time_budget: float  # seconds of training (first warmup steps excluded)
     eval_tokens: int  # validation tokens the evaluator scores
     eval_batch_size: int  # rows per evaluator forward pass (the exported shape)
+    warmup_steps: int  # first training steps not counted in the budget (compilation happens there)
     startup_allowance: float  # seconds allowed for imports, compile and warmup
     eval_allowance: float  # seconds allowed for export and the sealed evaluation
     default_data: str  # data source used when `init` is given none
@@ -43,6 +44,7 @@ GPU = Profile(
     time_budget=300.0,
     eval_tokens=40 * 524_288,
     eval_batch_size=32,
+    warmup_steps=10,
     startup_allowance=180.0,
     eval_allowance=180.0,
     default_data="climbmix",
@@ -57,6 +59,7 @@ CPU = Profile(
     time_budget=60.0,
     eval_tokens=32 * 1024,
     eval_batch_size=16,
+    warmup_steps=2,  # on a CPU only the first step compiles; the second already runs at full speed
     startup_allowance=90.0,
     eval_allowance=60.0,
     default_data="builtin",

@@ -419,7 +419,7 @@ def main():
     global _flash_attn
     # the harness is imported here so that the model above can be imported without a session
     from autoresearch.harness.api import (
-        MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE, SEED, get_tokenizer, make_dataloader, log, submit,
+        MAX_SEQ_LEN, TIME_BUDGET, WARMUP_STEPS, VOCAB_SIZE, SEED, get_tokenizer, make_dataloader, log, submit,
     )
 
     torch.manual_seed(SEED)
@@ -486,7 +486,7 @@ def main():
             print(f"step {step:05d} | loss {loss_value}: diverged, aborting")
             sys.exit(1)
         dt = time.time() - t0
-        if step >= 10:  # the first 10 steps include compilation and warm-up: not counted
+        if step >= WARMUP_STEPS:  # the first steps include compilation and warm-up: not counted
             training_time += dt
             counted_tokens += TOTAL_BATCH_SIZE
 
@@ -508,7 +508,7 @@ def main():
             gc.freeze()
             gc.disable()
         step += 1
-        if step >= 10 and training_time >= TIME_BUDGET:
+        if step >= WARMUP_STEPS and training_time >= TIME_BUDGET:
             break
 
     mfu_percent = 100 * flops_per_token * counted_tokens / training_time / peak if peak else 0.0
