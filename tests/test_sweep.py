@@ -81,8 +81,15 @@ def record(number, description, status, **kwargs):
     return ExperimentRecord(id=number, description=description, status=status, **kwargs)
 
 
-def test_first_proposal_halves_the_batch_and_keeps_the_device_batch_fitting():
+def test_first_proposal_is_a_shallower_model():
     proposal = propose(CPU_SOURCE, [], seq_len=SEQ_LEN)
+    assert proposal.description == "DEPTH 4 -> 3"
+    assert read_constants(proposal.files["train.py"]) == {**START, "DEPTH": 3}
+
+
+def test_batch_halving_keeps_the_device_batch_fitting():
+    history = [record(1, "DEPTH 4 -> 3", DISCARD), record(2, "DEPTH 4 -> 5", DISCARD)]
+    proposal = propose(CPU_SOURCE, history, seq_len=SEQ_LEN)
     assert proposal.description == "TOTAL_BATCH_SIZE 2**12 -> 2**11, DEVICE_BATCH_SIZE 16 -> 8"
     assert read_constants(proposal.files["train.py"]) == {
         **START, "TOTAL_BATCH_SIZE": 2**11, "DEVICE_BATCH_SIZE": 8}
@@ -151,9 +158,8 @@ def test_improves_when_the_prior_direction_is_wrong():
 
 
 def test_follows_a_kept_direction_with_a_longer_stride():
-    source = CPU_SOURCE.replace("MATRIX_LR = 0.04 ", "MATRIX_LR = 0.05 ")
     history = [record(1, "MATRIX_LR 0.04 -> 0.05", KEEP)]
-    assert propose(source, history, seq_len=SEQ_LEN).description == "MATRIX_LR 0.05 -> 0.08"
+    assert propose("MATRIX_LR = 0.05\n", history).description == "MATRIX_LR 0.05 -> 0.08"
 
 
 def test_turns_around_after_a_failure_and_looks_closer_after_two():
