@@ -169,3 +169,13 @@ def test_plotting_leaves_pyplot_alone(tmp_path):
     before = plt.get_fignums()
     report.write_report(history(), tmp_path)
     assert plt.get_fignums() == before
+
+
+def test_running_best_is_the_mean_of_the_best_commits_runs():
+    runs = [R(id=1, kind="baseline", status="keep", val_bpb=1.44, commit="a"),
+            R(id=2, kind="baseline", status="keep", val_bpb=1.45, commit="a"),
+            R(id=3, kind="baseline", status="keep", val_bpb=1.40, commit="a"),
+            R(id=4, kind="candidate", status="discard", val_bpb=1.42, commit="b")]
+    bests = [after for _, _, after in report.running_best(runs)]
+    assert bests[:3] == [1.44, pytest.approx(1.445), pytest.approx(1.43)]  # not the luckiest run, 1.40
+    assert report.deltas(runs)[4] == pytest.approx(1.42 - 1.43)

@@ -43,13 +43,21 @@ def running_best(records: list[ExperimentRecord]) -> list[Step]:
     """(record, best before it, best after it) in id order.
 
     The best moves only on kept results, and on the first baseline so that the curve has
-    a starting point even if the baseline was recorded with another status.
+    a starting point even if the baseline was recorded with another status. Its value is
+    the mean of every measurement of the best commit so far, as the policy judges it:
+    picking the luckiest of repeated runs would plot noise as progress.
     """
-    rows, best = [], None
+    rows, best, best_commit, seen = [], None, None, {}
     for r in ordered(records):
         before, v = best, accepted_value(r)
+        if v is not None and r.commit:
+            seen.setdefault(r.commit, []).append(v)
         if v is not None and (r.status == KEEP or (best is None and r.kind == BASELINE)):
-            best = v if best is None else min(best, v)
+            if not r.commit:
+                best = v if best is None else min(best, v)
+            else:
+                best_commit = r.commit
+                best = sum(seen[best_commit]) / len(seen[best_commit])
         rows.append((r, before, best))
     return rows
 
