@@ -83,12 +83,13 @@ def record(number, description, status, **kwargs):
 
 def test_first_proposal_is_a_shallower_model():
     proposal = propose(CPU_SOURCE, [], seq_len=SEQ_LEN)
-    assert proposal.description == "DEPTH 4 -> 3"
-    assert read_constants(proposal.files["train.py"]) == {**START, "DEPTH": 3}
+    assert proposal.description == "DEPTH 4 -> 2"  # a long first stride: the measured prior
+    assert read_constants(proposal.files["train.py"]) == {**START, "DEPTH": 2}
 
 
 def test_batch_halving_keeps_the_device_batch_fitting():
-    history = [record(1, "DEPTH 4 -> 3", DISCARD), record(2, "DEPTH 4 -> 5", DISCARD)]
+    history = [record(1, "DEPTH 4 -> 2", DISCARD), record(2, "DEPTH 4 -> 6", DISCARD),
+               record(3, "DEPTH 4 -> 3", DISCARD), record(4, "DEPTH 4 -> 5", DISCARD)]
     proposal = propose(CPU_SOURCE, history, seq_len=SEQ_LEN)
     assert proposal.description == "TOTAL_BATCH_SIZE 2**12 -> 2**11, DEVICE_BATCH_SIZE 16 -> 8"
     assert read_constants(proposal.files["train.py"]) == {

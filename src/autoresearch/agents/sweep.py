@@ -93,10 +93,12 @@ class Knob:
 # The search space and its priors, written for a short budget on a small machine (the
 # cpu profile: about a minute, a 4-layer 128-wide model, about a hundred optimizer steps).
 # There, the number of steps limits the result more than anything else:
-#  - a smaller model trains more steps in the same time; on the 2-core cpu profile one
-#    run of DEPTH 3 instead of 4 gave about -0.03 val_bpb, while a wider model (ASPECT_RATIO
-#    48) gave about +0.08, and learning-rate changes of x1.5-2 moved it less than the noise;
-#    so depth goes down first, and width down before up;
+#  - a smaller model trains more steps in the same time. Measured on the 2-core cpu
+#    profile (single runs, noise sigma about 0.008): DEPTH 2, which also halves the width
+#    to 64 through rounding to HEAD_DIM, gave -0.025 val_bpb with 175 steps instead of 104;
+#    DEPTH 3 and WINDOW_PATTERN "L" stayed within the noise; a wider model (ASPECT_RATIO 48)
+#    gave +0.08, HEAD_DIM 32 +0.03; learning rates x1.5-2 moved it less than the noise.
+#    So depth goes down first, in a long stride, and width down before up;
 #  - a smaller TOTAL_BATCH_SIZE gives more optimizer steps in the same time;
 #  - higher learning rates make more of few steps (Muon's first), and a longer warmdown
 #    helps a short run settle; less weight decay suits a short run;
@@ -104,7 +106,7 @@ class Knob:
 #  - DEVICE_BATCH_SIZE only trades speed for memory: tried last.
 # These are starting guesses only: one failure in a direction turns the sweep around.
 SEARCH_SPACE: tuple[Knob, ...] = (
-    Knob("DEPTH", tuple(range(1, 17)), prior=11, direction=-1),
+    Knob("DEPTH", tuple(range(1, 17)), prior=11, direction=-1, stride=2),
     Knob("TOTAL_BATCH_SIZE", powers_of_two(2**10, 2**21), prior=10, direction=-1),
     Knob("MATRIX_LR", nice_grid(0.005, 0.3), prior=9, direction=+1, stride=2),
     Knob("WARMDOWN_RATIO", (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
