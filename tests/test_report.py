@@ -179,3 +179,13 @@ def test_running_best_is_the_mean_of_the_best_commits_runs():
     bests = [after for _, _, after in report.running_best(runs)]
     assert bests[:3] == [1.44, pytest.approx(1.445), pytest.approx(1.43)]  # not the luckiest run, 1.40
     assert report.deltas(runs)[4] == pytest.approx(1.42 - 1.43)
+
+
+def test_summary_uses_the_baseline_mean_and_names_the_kept_experiment():
+    runs = [R(id=1, kind="baseline", status="keep", val_bpb=1.46, commit="a"),
+            R(id=2, kind="baseline", status="keep", val_bpb=1.44, commit="a"),
+            R(id=3, kind="candidate", status="keep", val_bpb=1.40, commit="b"),
+            R(id=4, kind="confirm", status="keep", val_bpb=1.42, commit="b")]
+    summary = report.summarize(runs)
+    assert summary["baseline"] == pytest.approx(1.45) and summary["best"] == pytest.approx(1.41)
+    assert summary["best_id"] == 3 and summary["improvement"] == pytest.approx(0.04)

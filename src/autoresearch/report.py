@@ -90,8 +90,16 @@ def summarize(records: list[ExperimentRecord]) -> dict:
                      if r.kind == BASELINE and accepted_value(r) is not None), None)
     rows = running_best(records)
     best_val = rows[-1][2] if rows else None
-    best = next((r for r, _, _ in rows if best_val is not None and accepted_value(r) == best_val), None)
+    kept = [r for r in ordered(records) if r.status == KEEP and accepted_value(r) is not None]
+    # the experiment that introduced the best code (its confirmation runs share its commit)
+    best = next((r for r in kept if kept[-1].commit and r.commit == kept[-1].commit), kept[-1]) if kept else None
+    if best is None and best_val is not None:
+        best = next((r for r, _, _ in rows if accepted_value(r) == best_val), None)
     base_val = accepted_value(baseline) if baseline else None
+    if baseline is not None and baseline.commit:  # repeated baseline runs: their mean
+        repeats = [accepted_value(r) for r in records if r.kind == BASELINE and r.commit == baseline.commit
+                   and accepted_value(r) is not None]
+        base_val = sum(repeats) / len(repeats)
     improvement = base_val - best_val if base_val is not None and best_val is not None else None
     seconds = elapsed_seconds(records)
     # refused proposals never trained, so they do not count towards the pace
