@@ -191,7 +191,7 @@ def test_loop_with_an_llm_over_the_openai_wire_format(workspace):
     assert done.returncode == 0, done.stderr[-3000:]
     records = _check_invariants(workspace)
     candidates = [r for r in records if r.kind == R.CANDIDATE]
-    assert candidates[0].description == "raise the learning rate" and candidates[0].agent == "openai"
+    assert candidates[0].description == "raise the learning rate" and candidates[0].agent.startswith("openai")
     assert candidates[0].extra["input_tokens"] == 1200 and candidates[0].extra["model"] == "local-model"
     second = candidates[1]
     assert second.description == "lower the learning rate" and second.extra["turns"] == 2  # one repair turn

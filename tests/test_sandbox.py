@@ -301,3 +301,26 @@ def test_validation_paths_hide_the_builtin_text_when_installed(tmp_path, monkeyp
 
     monkeypatch.setattr(sources, "builtin_data_file", missing)
     assert S.validation_paths("builtin", 4096) == []
+
+
+def test_the_interpreter_stays_read_only_inside_a_writable_folder(mechanism, tmp_path):
+    """A virtual environment under /tmp (writable in the sandbox) must still not be writable:
+    the evaluator runs its code after training."""
+    fake_prefix = tmp_path / "venv"
+    fake_prefix.mkdir()
+    code = f"""
+import json
+from pathlib import Path
+try:
+    Path({str(fake_prefix / 'evaluate.py')!r}).write_text("tampered")
+    print(json.dumps("written"))
+except OSError as exc:
+    print(json.dumps(type(exc).__name__))
+"""
+    original = sys.prefix
+    sys.prefix = str(fake_prefix)  # what the wrapper protects is read from sys.prefix
+    try:
+        assert run_wrapped(mechanism, code, writable=[tmp_path / "run"]) != "written"
+    finally:
+        sys.prefix = original
+    assert not (fake_prefix / "evaluate.py").exists()

@@ -50,7 +50,19 @@ def wrap_command(cmd: list[str], *, hidden_paths: list[Path], writable: list[Pat
     hidden = _outermost(_existing(hidden_paths))
     rw = _existing([Path("/tmp"), *writable, *_home_caches()])
     build = _bwrap_command if name == BWRAP else _unshare_command
-    return build(list(cmd), hidden, rw)
+    return build(list(cmd), hidden, rw, _protected(rw))
+
+
+def _protected(rw: list[Path]) -> list[Path]:
+    """The interpreter and the harness's own code stay read-only even where they lie inside a
+    writable folder (a virtual environment under /tmp): the evaluator runs that code next.
+    A folder that holds a writable one is left as it is, or the writable one would vanish."""
+    import autoresearch
+
+    code = Path(autoresearch.__file__).resolve().parent
+    candidates = _existing([Path(sys.prefix), Path(sys.base_prefix), code])
+    resolved_rw = [p.resolve() for p in rw]
+    return [p for p in candidates if not any(w == p.resolve() or p.resolve() in w.parents for w in resolved_rw)]
 
 
 def validation_paths(source: str, vocab_size: int) -> list[Path]:
@@ -120,7 +132,7 @@ def _block_devices() -> list[Path]:
     return sorted(found)
 
 
-def _bwrap_command(cmd: list[str], hidden: list[Path], rw: list[Path]) -> list[str]:
+def _bwrap_command(cmd: list[str], hidden: list[Path], rw: list[Path], protected: list[Path]) -> list[str]:
     # No --new-session: it would move the command out of the runner's process group.
     args = [shutil.which(BWRAP) or BWRAP, "--unshare-net", "--unshare-pid", "--die-with-parent",
             "--cap-drop", "ALL",  # as root bwrap keeps capabilities, enough to unmount the covers
@@ -131,16 +143,19 @@ def _bwrap_command(cmd: list[str], hidden: list[Path], rw: list[Path]) -> list[s
         args += ["--dev-bind", dev, dev]
     for path in rw:
         args += ["--bind", str(path), str(path)]
+    for path in protected:  # after the writable binds, so read-only wins inside them
+        args += ["--ro-bind", str(path), str(path)]
     for path in hidden:  # last, so that a cover wins over a writable bind above it
         args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
     return [*args, "--", *cmd]
 
 
-def _unshare_command(cmd: list[str], hidden: list[Path], rw: list[Path]) -> list[str]:
+def _unshare_command(cmd: list[str], hidden: list[Path], rw: list[Path], protected: list[Path]) -> list[str]:
     q = shlex.quote
     lines = ["set -e", "ip link set lo up 2>/dev/null || true"]  # loopback is a convenience, not a need
     lines += [f"mount --bind {q(str(p))} {q(str(p))}" for p in rw]
     lines.append("mount -o remount,bind,ro / 2>/dev/null || true")  # only the root mount: best effort
+    lines += [f"mount --bind {q(str(p))} {q(str(p))} && mount -o remount,bind,ro {q(str(p))}" for p in protected]
     for path in [*hidden, *_block_devices()]:  # the host's /dev stays: its disks would expose raw data
         lines.append(f"mount -t tmpfs -o ro,size=4k,mode=0555 none {q(str(path))}" if path.is_dir()
                      else f"mount --bind /dev/null {q(str(path))}")
@@ -179,7 +194,7 @@ def _probe(name: str) -> str | None:
         return f"{', '.join(missing)} not found"
     build = _bwrap_command if name == BWRAP else _unshare_command
     try:
-        done = subprocess.run(build(["true"], [], [Path("/tmp")]), capture_output=True, text=True,
+        done = subprocess.run(build(["true"], [], [Path("/tmp")], []), capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
