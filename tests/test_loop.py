@@ -181,20 +181,22 @@ def test_loop_with_an_llm_over_the_openai_wire_format(workspace):
         openai_reply(_search_replace("MATRIX_LR = 0.02  # Adam learning rate", "MATRIX_LR = 0.05  # Adam learning rate",
                                      "raise the learning rate"), prompt_tokens=1200, completion_tokens=80),
         openai_reply(_search_replace("MATRIX_LR = 0.3", "MATRIX_LR = 0.01", "lower it"), prompt_tokens=1300),
-        openai_reply(_search_replace("MATRIX_LR = 0.02  # Adam learning rate", "MATRIX_LR = 0.01  # Adam learning rate",
-                                     "lower the learning rate"), prompt_tokens=1400, completion_tokens=60),
-    ] + [openai_reply("I have no more ideas.")] * 12
+        # a line the first edit leaves alone, whether or not that edit was kept
+        openai_reply(_search_replace("DEVICE_BATCH_SIZE = 8  # rows per step", "DEVICE_BATCH_SIZE = 4  # rows per step",
+                                     "smaller device batch"), prompt_tokens=1400, completion_tokens=60),
+    ] + [openai_reply("I have no more ideas.")] * 30
     with ScriptedServer(replies) as server:
-        done = subprocess.run(_loop_command(workspace, 4) + ["--agent", "openai", "--base-url", server.url + "/v1",
+        # 6 = two baseline runs, the first candidate and up to two confirmations, the second
+        done = subprocess.run(_loop_command(workspace, 6) + ["--agent", "openai", "--base-url", server.url + "/v1",
                                                              "--model", "local-model"],
                               capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = _check_invariants(workspace)
     candidates = [r for r in records if r.kind == R.CANDIDATE]
     assert candidates[0].description == "raise the learning rate" and candidates[0].agent.startswith("openai")
-    assert candidates[0].extra["input_tokens"] == 1200 and candidates[0].extra["model"] == "local-model"
+    assert candidates[0].extra["input_tokens"] == 1200 and candidates[0].extra["output_tokens"] == 80
     second = candidates[1]
-    assert second.description == "lower the learning rate" and second.extra["turns"] == 2  # one repair turn
+    assert second.description == "smaller device batch" and second.extra["turns"] == 2  # one repair turn
     assert all(r.path == "/v1/chat/completions" and r.body["model"] == "local-model" for r in server.requests)
     repair = server.requests[2].body["messages"][-1]["content"]
     assert "MATRIX_LR = 0.3" in repair  # the model was told which search text failed
