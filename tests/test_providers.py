@@ -214,3 +214,16 @@ def test_make_client_needs_a_key_for_hosted_apis_but_not_for_a_local_server(clea
 def test_make_client_rejects_an_unknown_provider(clean_env):
     with pytest.raises(ValueError, match="unknown provider"):
         make_client("gemini", model="m")
+
+
+def test_a_server_that_refuses_json_schema_gets_a_json_object_schema():
+    refusal = error_reply(500, "body.response_format.type: Input should be 'text' or 'json_object'")
+    with ScriptedServer([refusal, openai_reply('{"constant": "X", "value": 1, "reason": "r"}'),
+                         openai_reply("{}")]) as server:
+        client = OpenAIChatClient(server.url, "m")
+        schema = {"type": "object"}
+        assert client.complete(SYSTEM, MESSAGES, json_schema=schema).text.startswith('{"constant"')
+        client.complete(SYSTEM, MESSAGES, json_schema=schema)  # remembered: no refusal this time
+    formats = [r.body["response_format"] for r in server.requests]
+    assert formats[0]["type"] == "json_schema"
+    assert formats[1] == formats[2] == {"type": "json_object", "schema": schema}

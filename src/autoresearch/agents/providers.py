@@ -152,21 +152,33 @@ class OpenAIChatClient:
         self.model = model
         self.api_key = api_key
         self.timeout = timeout
+        # "json_schema" (OpenAI, vLLM, Ollama, llama.cpp's own server) or "json_object" with a
+        # schema (llama-cpp-python's server); switched once when a server refuses the first
+        self.schema_style = "json_schema"
 
     def request_body(self, system: str, messages: list[dict], json_schema: dict | None, max_tokens: int) -> dict:
         body = {"model": self.model, "max_tokens": max_tokens,
                 "messages": [{"role": "system", "content": system}, *messages]}
-        if json_schema is not None:
-            # llama.cpp's server, vLLM and Ollama constrain decoding to this schema
+        if json_schema is not None and self.schema_style == "json_schema":
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "reply", "strict": True, "schema": json_schema}}
+        elif json_schema is not None:
+            body["response_format"] = {"type": "json_object", "schema": json_schema}
         return body
 
     def complete(self, system: str, messages: list[dict], *, json_schema: dict | None = None,
                  max_tokens: int = 4096) -> Completion:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        reply = post_json(f"{self.base_url}/chat/completions", headers,
-                          self.request_body(system, messages, json_schema, max_tokens), self.timeout, self.key_env)
+        url = f"{self.base_url}/chat/completions"
+        try:
+            reply = post_json(url, headers, self.request_body(system, messages, json_schema, max_tokens),
+                              self.timeout, self.key_env)
+        except (ServerError, RequestRejected) as error:
+            if json_schema is None or self.schema_style != "json_schema" or "response_format" not in str(error):
+                raise
+            self.schema_style = "json_object"  # this server wants the other spelling of a schema
+            reply = post_json(url, headers, self.request_body(system, messages, json_schema, max_tokens),
+                              self.timeout, self.key_env)
         try:
             choice = reply["choices"][0]
             content = choice["message"].get("content")
