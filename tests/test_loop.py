@@ -97,9 +97,9 @@ def _check_invariants(ws: Workspace) -> list:
     return records
 
 
-def _loop_command(ws: Workspace, n: int) -> list:
+def _loop_command(ws: Workspace, n: int, *extra: str) -> list:
     return [sys.executable, "-m", "autoresearch.cli", "run", "--workspace", str(ws.root),
-            "--max-experiments", str(n), "--plain"]
+            "--max-experiments", str(n), "--plain", *extra]
 
 
 def test_loop_end_to_end_with_the_sweep_agent(workspace):
@@ -123,8 +123,9 @@ def test_kill_9_at_random_moments_loses_nothing(workspace):
     rng = random.Random(1234)
     kills = 0
     for _ in range(20):  # candidates from here on: kills land in proposal, training, evaluation, recording
-        proc = subprocess.Popen(_loop_command(workspace, 3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        # cold starts: a warm launcher's start-up would take most of the random moments
+        proc = subprocess.Popen(_loop_command(workspace, 3, "--cold-start"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
         time.sleep(rng.uniform(0.2, 7.0))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -136,6 +137,45 @@ def test_kill_9_at_random_moments_loses_nothing(workspace):
     records = _check_invariants(workspace)
     assert any(r.status == R.INTERRUPTED for r in records)
     assert any(r.status == R.KEEP for r in records)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm starts are Linux-only")
+def test_kill_9_of_a_warm_loop_leaves_no_process_behind(workspace):
+    proc = subprocess.Popen(_loop_command(workspace, 2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    telemetry = workspace.run_dir(1) / "telemetry.jsonl"
+    deadline = time.monotonic() + 120
+    while not telemetry.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # until a run forked from the launcher is training
+    helpers = _processes_mentioning(str(workspace.root))
+    assert len(helpers) >= 2, helpers  # the launcher and the evaluation service are up
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(workspace.root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(workspace.root)) == []  # launcher, its run and the evaluator are gone
+    final = subprocess.run(_loop_command(workspace, 2), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    records = _check_invariants(workspace)
+    assert records[0].status == R.INTERRUPTED
+    assert [r.extra.get("start") for r in records[1:]] == ["warm", "warm"]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Live (not zombie) processes whose command line or environment names `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if state != "Z" and text.encode() in blob:
+            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+    return found
 
 
 def test_fatal_agent_error_stops_the_loop(workspace):

@@ -189,3 +189,47 @@ def test_summary_uses_the_baseline_mean_and_names_the_kept_experiment():
     summary = report.summarize(runs)
     assert summary["baseline"] == pytest.approx(1.45) and summary["best"] == pytest.approx(1.41)
     assert summary["best_id"] == 3 and summary["improvement"] == pytest.approx(0.04)
+
+
+def test_background_refresh_draws_the_newest_records_and_finishes_on_close():
+    import threading
+
+    from autoresearch.report import BackgroundRefresh
+
+    drawn, gate = [], threading.Event()
+
+    def write(records):
+        gate.wait(5)  # the first drawing is slow: later requests pile up meanwhile
+        drawn.append(list(records))
+
+    refresh = BackgroundRefresh(write)
+    refresh.request([1])
+    for n in range(2, 6):
+        refresh.request(list(range(1, n + 1)))
+    gate.set()
+    refresh.close()
+    assert drawn[-1] == [1, 2, 3, 4, 5]  # the newest records are drawn before close returns
+    assert len(drawn) <= 2  # requests made while drawing were folded into one
+
+
+def test_background_refresh_survives_a_failing_drawing():
+    from autoresearch.report import BackgroundRefresh
+
+    calls = []
+
+    def write(records):
+        calls.append(records)
+        if len(calls) == 1:
+            raise OSError("disk full")
+
+    import time
+
+    refresh = BackgroundRefresh(write)
+    refresh.request(["a"])
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refresh.request(["b"])
+    refresh.close()
+    assert calls == [["a"], ["b"]]  # the thread kept working after the failure
+    assert isinstance(refresh.error, OSError)

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="stop when the LLM tokens reach this many")
     p.add_argument("--sandbox", action="store_true",
                    help="Linux: run training without network and without read access to the validation files")
+    p.add_argument("--cold-start", action="store_true",
+                   help="start every run in a fresh interpreter (default: fork runs from a pre-warmed launcher "
+                        "on Linux without a GPU; see warm_start in autoresearch.toml)")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of the live panel")
 
     p = sub.add_parser("status", help="show a running or finished workspace")
@@ -120,7 +123,7 @@ def cmd_train(args) -> int:
     return 0 if outcome.status == OK else 1
 
 
-def _open_loop(args, view=None, stop_event=None):
+def _open_loop(args, view=None, stop_event=None, on_record=None):
     from autoresearch.agents import make_agent
     from autoresearch.loop import ResearchLoop
     from autoresearch.workspace import Workspace
@@ -135,11 +138,13 @@ def _open_loop(args, view=None, stop_event=None):
                            **{k: v for k, v in options.items() if v is not None})
     except ValueError as error:  # a missing model, key or preset: the user's to fix
         raise CliError(str(error)) from None
+    on_record = on_record or (lambda records: _refresh_report(ws, records))
     return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
                         hours=getattr(args, "hours", None), stop_event=stop_event,
-                        on_record=lambda records: _refresh_report(ws, records),
                         max_cost=getattr(args, "max_cost", None), max_tokens=getattr(args, "max_tokens", None),
-                        sandbox=getattr(args, "sandbox", False))
+                        sandbox=getattr(args, "sandbox", False),
+                        warm_start="off" if getattr(args, "cold_start", False) else None,
+                        on_record=on_record)
 
 
 def _refresh_report(ws, records) -> None:
@@ -154,6 +159,8 @@ def cmd_run(args) -> int:
     import threading
 
     from autoresearch.live import make_view
+    from autoresearch.report import BackgroundRefresh
+    from autoresearch.workspace import Workspace
 
     stop = threading.Event()
     view = make_view(plain=args.plain)
@@ -167,12 +174,16 @@ def cmd_run(args) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    loop = _open_loop(args, view=view, stop_event=stop)
+    ws = Workspace.open(args.workspace)
+    # drawn in the background: the plot is made while the next run starts, not before it
+    reports = BackgroundRefresh(lambda records: _refresh_report(ws, records))
+    loop = _open_loop(args, view=view, stop_event=stop, on_record=reports.request)
     view.start()
     try:
         loop.run()
     finally:
         view.stop()
+        reports.close()
     _refresh_report(loop.ws, loop.ledger.records())
     print(f"results: {loop.ws.root / 'results.tsv'}\nreport:  {loop.ws.root / 'report.md'}, "
           f"{loop.ws.root / 'progress.png'}")

@@ -24,6 +24,7 @@ class ExperimentSettings:
     tag: str = "run"  # branch autoresearch/<tag>
     target: str = "train.py"  # the script each experiment runs
     editable: list = field(default_factory=lambda: ["train.py"])
+    warm_start: str = "auto"  # auto | on | off: fork runs from a pre-warmed launcher (auto: Linux, no GPU)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class Settings:
 
     def profile(self) -> Profile:
         return get_profile(self.experiment.profile).with_budget(self.experiment.time_budget)
+
+
+WARM_START_MODES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,9 @@ def load_settings(workspace: Path) -> Settings:
         if bad:
             raise ConfigError(f"{path}: unknown key(s) {sorted(bad)} in [{name}]; known: {sorted(known)}")
         values[name] = cls(**table)
+    warm = values["experiment"].warm_start
+    if warm not in WARM_START_MODES:
+        raise ConfigError(f"{path}: warm_start = {warm!r} in [experiment]; use one of {', '.join(WARM_START_MODES)}")
     return Settings(**values)
 
 

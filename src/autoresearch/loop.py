@@ -24,6 +24,7 @@ from autoresearch.ledger import Ledger
 from autoresearch.policy import NoiseEstimate, is_seed_only_change, make_policy, measurements_of
 from autoresearch.records import ExperimentRecord
 from autoresearch.runner import OK, RunOutcome, run_experiment, stop_orphan
+from autoresearch.services import LoopServices
 from autoresearch.workspace import EXPERIMENT_REF, Workspace
 
 BASE_SEED = 42
@@ -53,7 +54,8 @@ class Job:
 class ResearchLoop:
     def __init__(self, workspace: Workspace, agent, *, view=None, max_experiments: int | None = None,
                  hours: float | None = None, stop_event: threading.Event | None = None, on_record=None,
-                 max_cost: float | None = None, max_tokens: int | None = None, sandbox: bool = False):
+                 max_cost: float | None = None, max_tokens: int | None = None, sandbox: bool = False,
+                 warm_start: str | None = None):
         self.ws = workspace
         self.agent = agent
         self.view = view
@@ -67,6 +69,7 @@ class ResearchLoop:
         self.ran = 0
         self.max_cost, self.max_tokens = max_cost, max_tokens
         self.sandbox = sandbox
+        self.services = LoopServices(workspace, sandbox=sandbox, warm_start=warm_start)
         self.stop_reason = ""
 
     # --- set-up and resume ------------------------------------------------------------
@@ -281,9 +284,12 @@ class ResearchLoop:
 
             follower = follow_telemetry(run_dir / TELEMETRY_FILE, self.view, done)
         try:
-            return run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
-                                  target=self.ws.settings.experiment.target, stop_event=self.stop_event,
-                                  sandbox_data=self.ws.settings.experiment.data if self.sandbox else None)
+            outcome = run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
+                                     target=self.ws.settings.experiment.target, stop_event=self.stop_event,
+                                     sandbox_data=self.ws.settings.experiment.data if self.sandbox else None,
+                                     launcher=self.services.launcher, evaluator=self.services.evaluator)
+            record.extra["start"] = outcome.start
+            return outcome
         finally:
             done.set()
             if follower is not None:
@@ -435,6 +441,10 @@ class ResearchLoop:
 
     def run(self) -> list[ExperimentRecord]:
         self.prepare()
+        with self.services:
+            return self._run_jobs()
+
+    def _run_jobs(self) -> list[ExperimentRecord]:
         done = []
         while not self.stop_event.is_set():
             job = self.next_job()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -407,3 +408,43 @@ def write_report(records: list[ExperimentRecord], out_dir: Path, *, title: str =
     text = render_markdown(records, title=title, noise_sigma=noise_sigma)
     _atomic_write(md, lambda f: f.write(text.encode("utf-8")))
     return png, md
+
+
+class BackgroundRefresh:
+    """Calls `write(latest)` on a thread of its own, so drawing the report overlaps the
+    next experiment's start instead of delaying it. Requests that arrive while it draws
+    are folded into one: only the newest records are drawn."""
+
+    def __init__(self, write):
+        self._write = write
+        self._latest = None
+        self._wanted = threading.Condition()
+        self._closing = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="report-refresh", daemon=True)
+        self._thread.start()
+
+    def request(self, records) -> None:
+        with self._wanted:
+            self._latest = list(records)
+            self._wanted.notify()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Draws what is still pending, then stops."""
+        with self._wanted:
+            self._closing = True
+            self._wanted.notify()
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._wanted:
+                while self._latest is None and not self._closing:
+                    self._wanted.wait()
+                records, self._latest = self._latest, None
+                if records is None:
+                    return
+            try:
+                self._write(records)
+            except Exception as error:  # a report that cannot be drawn must not stop the loop
+                self.error = error

@@ -19,11 +19,13 @@ from autoresearch.harness import session as S
 from autoresearch.harness.profiles import Profile
 from autoresearch.integrity import integrity_reason
 from autoresearch.summary import format_summary
+from autoresearch.warmstart import cold_start_reason
 
 OK = "ok"  # measured; the policy decides keep or discard
 OVER_BUDGET_SLACK = 1.05  # training may overrun its budget by 5% + 2 s (last step, submit)
 OVER_BUDGET_GRACE_S = 2.0
 LOG_TAIL_LINES = 50
+POLL_S = 0.05  # how often a running process is checked: its exit is noticed this late at most
 PID_FILE = "process.pid"
 RUN_FILES = (S.SUBMISSION_FILE, S.MODEL_FILE, S.EVAL_FILE, S.TELEMETRY_FILE, S.LOG_FILE,
              S.INPROCESS_EVAL_FILE, S.ABORTED_FILE)
@@ -48,6 +50,7 @@ class RunOutcome:
     log_tail: str = ""
     summary: str = ""  # the `---` block, also appended to the run's log
     account: dict = field(default_factory=dict)
+    start: str = ""  # "warm" (forked from the launcher) or "cold" with the reason
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,51 +67,71 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Stops the whole process group: train.py may have started workers of its own."""
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+class ColdProcess:
+    """`cmd` in a new process of its own, output appended to the log (and to `on_line`)."""
+
+    def __init__(self, cmd, *, cwd, env, log: Path, on_line=None):
+        self._out = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        self.pid_file = Path(log).with_name(PID_FILE)
+        self.pid_file.write_text(str(self.pid))  # lets a restarted loop stop an orphan of a killed one
+        self._pump = threading.Thread(target=_pump, args=(self.proc.stdout, self._out, on_line), daemon=True)
+        self._pump.start()
+
+    def poll(self):
+        return self.proc.poll()
+
+    def kill_group(self) -> None:
+        """Stops the whole process group: train.py may have started workers of its own."""
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def finish(self) -> None:
+        self._pump.join(timeout=5)
+        self._out.close()
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _supervise(process, *, limit: float, stop_event=None):
+    """Waits for a started process under the limit; returns (exit code | 'timeout' |
+    'interrupted', seconds)."""
+    started = time.monotonic()
+    try:
+        while True:
+            code = process.poll()
+            if code is not None:
+                break
+            if time.monotonic() - started > limit:
+                process.kill_group()
+                code = "timeout"
+                break
+            if stop_event is not None and stop_event.is_set():
+                process.kill_group()
+                code = "interrupted"
+                break
+            time.sleep(POLL_S)
+    except BaseException:
+        process.kill_group()
+        raise
+    finally:
+        process.finish()
+    return code, time.monotonic() - started
 
 
 def _run_limited(cmd, *, cwd, env, log, limit: float, stop_event=None, on_line=None):
-    """Runs cmd with output appended to `log`; returns (exit code | 'timeout' | 'interrupted', seconds)."""
-    started = time.monotonic()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        pid_file = Path(log).with_name(PID_FILE)
-        pid_file.write_text(str(proc.pid))  # lets a restarted loop stop an orphan of a killed one
-        pump = threading.Thread(target=_pump, args=(proc.stdout, out, on_line), daemon=True)
-        pump.start()
-        try:
-            while True:
-                try:
-                    code = proc.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.monotonic() - started > limit:
-                    _kill_group(proc)
-                    code = "timeout"
-                    break
-                if stop_event is not None and stop_event.is_set():
-                    _kill_group(proc)
-                    code = "interrupted"
-                    break
-        except BaseException:
-            _kill_group(proc)
-            raise
-        pump.join(timeout=5)
-    pid_file.unlink(missing_ok=True)
-    return code, time.monotonic() - started
+    """Runs cmd cold with output appended to `log`; returns (exit code | 'timeout' | 'interrupted', seconds)."""
+    return _supervise(ColdProcess(cmd, cwd=cwd, env=env, log=log, on_line=on_line), limit=limit,
+                      stop_event=stop_event)
 
 
 def stop_orphan(run_dir: Path) -> bool:
@@ -151,6 +174,13 @@ def _child_env(workspace: Path, run_dir: Path, seed: int, managed: bool) -> dict
     return env
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -158,8 +188,10 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def evaluate_run(workspace: Path, run_dir: Path, *, timeout: float, stop_event=None) -> RunOutcome:
-    """Evaluates what train.py submitted, in a separate process that runs only harness code."""
+def evaluate_run(workspace: Path, run_dir: Path, *, timeout: float, stop_event=None,
+                 evaluator=None) -> RunOutcome:
+    """Evaluates what train.py submitted, in a separate process that runs only harness code:
+    the loop's evaluation service when given and answering, else a one-shot evaluator."""
     run_dir = Path(run_dir)
     log = run_dir / S.LOG_FILE
     submission = _read_json(run_dir / S.SUBMISSION_FILE)
@@ -170,9 +202,19 @@ def evaluate_run(workspace: Path, run_dir: Path, *, timeout: float, stop_event=N
                               log_path=str(log), log_tail=log_tail(log))
         return _outcome_from_eval(fallback, fallback.get("account", {}), None, log)
     (run_dir / S.EVAL_FILE).unlink(missing_ok=True)  # only the evaluator below may write it
-    cmd = [sys.executable, "-m", "autoresearch.harness.evaluate", str(run_dir), "--workspace", str(workspace)]
-    env = _child_env(workspace, run_dir, seed=0, managed=True)
-    code, seconds = _run_limited(cmd, cwd=workspace, env=env, log=log, limit=timeout, stop_event=stop_event)
+    code = None
+    if evaluator is not None:
+        answer, seconds = evaluator.evaluate(run_dir, timeout=timeout, stop_event=stop_event)
+        if isinstance(answer, dict):
+            code = 0
+            with open(log, "a") as f:
+                f.write(json.dumps(answer.get("result", {})) + "\n")
+        elif answer is not None:
+            code = answer  # timeout | interrupted
+    if code is None:
+        cmd = [sys.executable, "-m", "autoresearch.harness.evaluate", str(run_dir), "--workspace", str(workspace)]
+        env = _child_env(workspace, run_dir, seed=0, managed=True)
+        code, seconds = _run_limited(cmd, cwd=workspace, env=env, log=log, limit=timeout, stop_event=stop_event)
     account = submission.get("account", {})
     if code == "interrupted":
         return RunOutcome(R.INTERRUPTED, "stopped during evaluation", log_path=str(log), account=account)
@@ -211,10 +253,14 @@ def _params(account: dict):
 
 def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: int, target: str = "train.py",
                    stop_event: threading.Event | None = None, on_line=None,
-                   sandbox_data: str | None = None) -> RunOutcome:
-    """`sandbox_data`: the workspace's data source; when given, training runs without network
-    and without read access to that source's validation files (Linux)."""
-    """Trains `target` under the profile's budget, evaluates it, and judges the budget."""
+                   sandbox_data: str | None = None, launcher=None, evaluator=None) -> RunOutcome:
+    """Trains `target` under the profile's budget, evaluates it, and judges the budget.
+
+    `sandbox_data`: the workspace's data source; when given, training runs without network
+    and without read access to that source's validation files (Linux). `launcher`: a
+    WarmStarter to fork the run from (its output then goes to the log only, not to
+    `on_line`); `evaluator`: the loop's EvaluatorService.
+    """
     workspace, run_dir = Path(workspace).resolve(), Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:  # a stale file from an earlier attempt must not count
@@ -229,8 +275,16 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
 
         command = sandbox.wrap_command(command, hidden_paths=sandbox.validation_paths(sandbox_data, profile.vocab_size),
                                        writable=[run_dir, workspace])
-    code, train_wall = _run_limited(command, cwd=workspace, env=env, log=log, limit=limit,
-                                    stop_event=stop_event, on_line=on_line)
+    process, start = None, "cold"
+    if launcher is not None:
+        reason = cold_start_reason(_read_text(workspace / target))
+        if not reason:
+            process = launcher.launch(target, cwd=workspace, env=env, log=log)
+            reason = "" if process is not None else (launcher.failure or "the launcher is unavailable")
+        start = "warm" if process is not None else f"cold: {reason}"
+    if process is None:
+        process = ColdProcess(command, cwd=workspace, env=env, log=log, on_line=on_line)
+    code, train_wall = _supervise(process, limit=limit, stop_event=stop_event)
     if code == "interrupted":
         outcome = RunOutcome(R.INTERRUPTED, "stopped while training", log_path=str(log))
     elif code == "timeout":
@@ -242,10 +296,12 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
     elif code != 0:
         outcome = RunOutcome(R.CRASH, f"train.py exited with code {code}", log_path=str(log), log_tail=log_tail(log))
     else:
-        outcome = evaluate_run(workspace, run_dir, timeout=profile.eval_allowance, stop_event=stop_event)
+        outcome = evaluate_run(workspace, run_dir, timeout=profile.eval_allowance, stop_event=stop_event,
+                               evaluator=evaluator)
         outcome = judge_integrity(outcome, run_dir, started_wall)
         outcome = judge_budget(outcome, profile)
     outcome.seed = seed
+    outcome.start = start
     eval_seconds = outcome.eval_seconds or 0.0
     outcome.wall_seconds = round(train_wall + eval_seconds, 3)
     outcome.summary = format_summary(summary_values(outcome, outcome.account, total_seconds=train_wall))

@@ -200,32 +200,97 @@ def read_eval_result(run_dir: Path) -> EvalResult:
     return EvalResult.from_dict(json.loads((Path(run_dir) / EVAL_FILE).read_text()))
 
 
-def _evaluate_run(run_dir: Path, workspace: Path | None) -> EvalResult:
+def _validation(workspace: Path):
+    """The workspace's validation batches and token byte lengths."""
     from autoresearch.config import load_settings
     from autoresearch.harness.dataloader import validation_batches
     from autoresearch.harness.prepare import load_prepared
-    from autoresearch.harness.session import find_workspace
 
-    settings = load_settings(workspace or find_workspace(run_dir))
+    settings = load_settings(workspace)
     profile = settings.profile()
     prepared = load_prepared(settings.experiment.data, profile.vocab_size)
     batches = validation_batches(prepared, profile.eval_batch_size, profile.max_seq_len,
                                  profile.eval_tokens)
-    return evaluate_sealed(run_dir, batches, prepared.token_bytes())
+    return batches, prepared.token_bytes()
+
+
+def _evaluate_run(run_dir: Path, workspace: Path | None) -> EvalResult:
+    from autoresearch.harness.session import find_workspace
+
+    batches, token_bytes = _validation(workspace or find_workspace(run_dir))
+    return evaluate_sealed(run_dir, batches, token_bytes)
+
+
+def _warm_up_loading(folder: Path) -> None:
+    """Exports, loads and runs a tiny program once: the first load of a process pays
+    for imports and code paths that every later one reuses (about 2 s on two cores)."""
+    from autoresearch.harness.export import export_model
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(8, 4)
+            self.head = torch.nn.Linear(4, 8)
+
+        def forward(self, idx):
+            return self.head(self.embed(idx))
+
+    export_model(Tiny(), folder, batch_size=1, seq_len=4, vocab_size=8)
+    with torch.inference_mode():
+        load_program(folder / "model.pt2").module()(torch.zeros(1, 4, dtype=torch.int64))
+
+
+def serve(workspace: Path, stdin=None, stdout=None) -> int:
+    """Evaluation service for a loop: set-up once, then one run folder per input line.
+
+    Each line of stdin is {"run_dir": PATH}; each answer on stdout is {"done": PATH,
+    "status": ..., "result": {...}} once eval.json is written. The validation batches
+    are copied for every evaluation, so a program that writes into its input cannot
+    change what later runs are scored on.
+    """
+    import tempfile
+
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    batches, token_bytes = _validation(workspace)
+    batches = list(batches)
+    with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as folder:
+        _warm_up_loading(Path(folder))
+    print(json.dumps({"ready": True}), file=stdout, flush=True)
+    for line in stdin:
+        run_dir = Path(json.loads(line)["run_dir"]).resolve()
+        fresh = ((x.clone(), y.clone()) for x, y in batches)
+        try:
+            result = evaluate_sealed(run_dir, fresh, token_bytes.clone())
+        except Exception as exc:
+            result = EvalResult(ERROR, SEALED, error=f"evaluator failed: {type(exc).__name__}: {exc}")
+        try:
+            write_eval_result(run_dir, result)
+        except OSError as exc:
+            print(f"cannot write {run_dir / EVAL_FILE}: {exc}", file=sys.stderr, flush=True)
+        print(json.dumps({"done": str(run_dir), "status": result.status, "result": result.to_dict()}),
+              file=stdout, flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autoresearch.harness.evaluate",
         description="Score the sealed model of one run and write eval.json into its folder.")
-    parser.add_argument("run_dir", type=Path, help="run folder holding submission.json and model.pt2")
+    parser.add_argument("run_dir", type=Path, nargs="?", help="run folder holding submission.json and model.pt2")
     parser.add_argument("--workspace", type=Path, default=None,
                         help="research workspace (default: found from the run folder)")
+    parser.add_argument("--serve", action="store_true",
+                        help="read run folders from stdin, one per line, and evaluate each (needs --workspace)")
     args = parser.parse_args(argv)
+    if args.serve == (args.run_dir is not None) or (args.serve and args.workspace is None):
+        parser.error("give a run folder, or --serve with --workspace")
     # The current folder may be the workspace: never let its train.py become importable.
     here = {"", os.getcwd(), str(Path.cwd().resolve())}
     sys.path[:] = [p for p in sys.path if p not in here]
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.serve:
+        return serve(args.workspace.resolve())
     run_dir = args.run_dir.resolve()
     try:
         result = _evaluate_run(run_dir, args.workspace)

@@ -1,0 +1,231 @@
+"""A pre-warmed launcher: pays torch's import and compiler start-up once per loop, then
+forks a fresh process for every experiment.
+
+    python -m autoresearch.harness.zygote        (started by the runner; see warmstart.py)
+
+Importing torch, its compiler stack and the harness takes about 5 s on two cores and
+the first compilation another 1-2 s; every experiment used to pay both. This process
+pays them once, then waits. For each run it forks a child that looks like
+`python train.py` started afresh: its own session and process group, the run's
+environment, working folder, argv and sys.path, output to the run's log, reseeded
+random modules, and the default thread counts. The child runs only after the fork, so
+nothing the agent's code does reaches the next experiment.
+
+Protocol, one JSON object per line: the runner writes {"run": {...}} or
+{"signal": {"pid": P, "sig": S}} to stdin; this process answers {"ready": ...},
+{"started": P} and {"exited": P, "code": C} on stdout. EOF on stdin stops it and its
+children.
+
+Fork safety: the warm-up runs with one intra-op thread and no compile workers, so no
+OpenMP team or worker pool exists when the children are forked; CUDA is never touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+PROTOCOL_OUT = 1  # the runner reads our events from stdout
+POLL_S = 0.05  # how often exited children are reaped between messages
+
+
+def _send(message: dict) -> None:
+    os.write(PROTOCOL_OUT, (json.dumps(message) + "\n").encode())
+
+
+def warm_up() -> dict:
+    """Imports and first-use costs that do not depend on the experiment; returns the
+    defaults a child must get back."""
+    import torch
+    import torch._dynamo  # noqa: F401  (imported by every optimizer and by torch.compile)
+    import torch._inductor.config as inductor_config
+    import torch.export  # noqa: F401  (submit() exports the model)
+
+    defaults = {"threads": torch.get_num_threads(), "compile_threads": inductor_config.compile_threads}
+    torch.set_num_threads(1)  # no OpenMP team before fork: a forked child could not use it
+    inductor_config.compile_threads = 1  # no compile worker pool either: its pipes would be shared
+
+    def probe(x):
+        return (x * 2.0).relu().sum()
+
+    x = torch.randn(4, 4, requires_grad=True)
+    torch.compile(probe)(x).backward()  # loads the compiler's caches and code paths
+    torch._dynamo.reset()
+    # harness modules a run imports anyway (not the api: it reads the run's session)
+    import autoresearch.harness.dataloader  # noqa: F401
+    import autoresearch.harness.export  # noqa: F401
+    import autoresearch.harness.prepare  # noqa: F401
+    return defaults
+
+
+def _set_parent_death_signal() -> None:
+    """The child dies with this process (Linux); without it a killed zygote leaves runs behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _redirect_output(log_path: str) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
+def _restore_defaults(defaults: dict) -> None:
+    import random
+
+    import torch
+    import torch._inductor.config as inductor_config
+
+    torch.set_num_threads(defaults["threads"])
+    inductor_config.compile_threads = defaults["compile_threads"]
+    random.seed()  # a fresh interpreter seeds from the OS; forked ones would all share a state
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+
+def run_child(spec: dict, defaults: dict) -> None:
+    """In the forked child: become `python SCRIPT` in the run's environment; never returns."""
+    import atexit
+    import runpy
+    import traceback
+
+    code = 1
+    try:
+        os.setsid()
+        _set_parent_death_signal()
+        _redirect_output(spec["log"])
+        os.environ.clear()
+        os.environ.update(spec["env"])
+        os.chdir(spec["cwd"])
+        _restore_defaults(defaults)
+        script = os.path.abspath(spec["script"])
+        sys.argv = [script, *spec.get("args", [])]
+        if sys.flags.safe_path:  # started with -P: the script's folder is not on the path yet
+            sys.path.insert(0, os.path.dirname(script))
+        else:
+            sys.path[0] = os.path.dirname(script)
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exc:  # what the interpreter does with sys.exit(...)
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code & 0xFF)
+
+
+def _exit_code(status: int) -> int:
+    return os.waitstatus_to_exitcode(status)
+
+
+def serve(defaults: dict) -> int:
+    children: set[int] = set()
+    pending = b""
+    stdin_open = True
+    while stdin_open or children:
+        if stdin_open:
+            readable, _, _ = select.select([0], [], [], POLL_S)
+        else:
+            time.sleep(POLL_S)
+            readable = []
+        if readable:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                stdin_open = False
+                for pid in children:  # the runner is gone: so are its runs
+                    _signal_group(pid, signal.SIGKILL)
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                _handle(json.loads(line), children, defaults)
+        _reap(children)
+    return 0
+
+
+def _handle(message: dict, children: set, defaults: dict) -> None:
+    if "run" in message:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            run_child(message["run"], defaults)
+        children.add(pid)
+        _send({"started": pid})
+    elif "signal" in message:
+        target = int(message["signal"]["pid"])
+        if target in children:
+            _signal_group(target, int(message["signal"]["sig"]))
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(children: set) -> None:
+    for pid in list(children):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            children.discard(pid)
+            continue
+        if done:
+            children.discard(pid)
+            _signal_group(pid, signal.SIGKILL)  # workers the run left behind
+            _send({"exited": pid, "code": _exit_code(status)})
+
+
+def _python_threads() -> int:
+    """Python threads alive: fork copies only the calling one, so this must be 1. (Native
+    threads exist: numpy's OpenBLAS pool, which rebuilds itself in a forked child.)"""
+    import threading
+
+    return threading.active_count()
+
+
+def main() -> int:
+    _set_parent_death_signal()
+    started = time.monotonic()
+    try:
+        defaults = warm_up()
+    except Exception as exc:  # the runner falls back to cold starts
+        _send({"failed": f"{type(exc).__name__}: {exc}"})
+        return 1
+    _send({"ready": True, "warm_up_seconds": round(time.monotonic() - started, 3), "pid": os.getpid(),
+           "threads": _python_threads()})
+    return serve(defaults)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

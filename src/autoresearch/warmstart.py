@@ -1,0 +1,222 @@
+"""Warm starts: the loop keeps one pre-warmed launcher (harness/zygote.py) and starts
+every training run as a fork of it, so no experiment pays torch's import and compiler
+start-up again (about 7 s of each experiment on two cores).
+
+A run started this way behaves like `python train.py`: fresh process, own process
+group, the run's environment, output to its log. It differs in one way a script can
+notice: torch is imported before the script runs, so environment variables that torch
+reads at import time cannot be set by the script. A script that sets environment
+variables therefore gets a cold start (`cold_start_reason`).
+
+Warm starts are used on Linux machines without a GPU (`warm_start = "auto"`): forking
+after torch's import is only known safe there. `warm_start = "on"` forces them.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from autoresearch.config import WARM_START_MODES as MODES
+
+READY_TIMEOUT_S = 180.0  # warm-up on a cold compiler cache, on a slow machine
+REPLY_TIMEOUT_S = 10.0
+KILL_WAITS = ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0))
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA and AMD compute devices
+
+
+def warm_start_wanted(mode: str) -> tuple[bool, str]:
+    """Whether this machine should use warm starts under `mode`, and why not."""
+    if mode not in MODES:
+        raise ValueError(f"warm_start must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "off":
+        return False, "warm_start = off"
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False, f"warm starts need Linux (this is {sys.platform})"
+    if mode == "auto":
+        gpu = next((node for node in GPU_DEVICE_NODES if os.path.exists(node)), None)
+        if gpu:
+            return False, f"a GPU is present ({gpu}): forking after torch's import is untested there"
+    return True, ""
+
+
+def cold_start_reason(source: str) -> str:
+    """Why a script must start in a fresh interpreter, or '' (it may be forked warm)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""  # it fails the same way either way
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            target = next((t for t in targets if isinstance(t, ast.Subscript) and _is_environ(t.value)), None)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("putenv", "unsetenv") or (
+                    node.func.attr in ("update", "setdefault", "pop", "clear") and _is_environ(node.func.value)):
+                target = node
+        if target is not None:
+            return (f"line {node.lineno} sets an environment variable, which torch may read at import: "
+                    "started cold")
+    return ""
+
+
+def _is_environ(node) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "environ" or (
+        isinstance(node, ast.Name) and node.id == "environ")
+
+
+class WarmProcess:
+    """A run forked by the launcher; the same interface as the runner's cold process."""
+
+    def __init__(self, starter: "WarmStarter", pid: int):
+        self.starter, self.pid = starter, pid
+
+    def poll(self):
+        return self.starter.exit_code(self.pid)
+
+    def kill_group(self) -> None:
+        for sig, wait in KILL_WAITS:
+            if self.poll() is not None:
+                return
+            self.starter.signal(self.pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if self.poll() is not None:
+                    return
+                time.sleep(0.05)
+        self.starter.close()  # the launcher does not answer: its death takes the run with it
+
+    def finish(self) -> None:
+        pass
+
+
+class WarmStarter:
+    """One launcher process per loop, started in the background, replaced if it dies."""
+
+    def __init__(self, workspace: Path, *, env: dict, log_path: Path, wrap=None):
+        self.workspace = Path(workspace)
+        self.env = dict(env)
+        self.log_path = Path(log_path)
+        self.wrap = wrap or (lambda cmd: cmd)  # the sandbox, when the loop uses one
+        self.proc: subprocess.Popen | None = None
+        self.ready = threading.Event()
+        self.failure = ""
+        self.gave_up = False  # the warm-up itself failed: restarting would fail again
+        self.warm_up_seconds: float | None = None
+        self.threads: int | None = None
+        self._started: queue.Queue = queue.Queue()
+        self._exits: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # --- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Spawns the launcher; call from the thread that outlives it (the parent-death
+        signal follows the spawning thread)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.ready.clear()
+        self.failure = ""
+        self._started = queue.Queue()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = self.wrap([sys.executable, "-P", "-m", "autoresearch.harness.zygote"])
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, cwd=self.workspace, env=self.env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        threading.Thread(target=self._read_events, args=(self.proc,), daemon=True).start()
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        self.ready.clear()
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # the launcher kills its runs and exits
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
+
+    def usable(self, timeout: float = READY_TIMEOUT_S) -> bool:
+        """Waits for the warm-up; False when the launcher failed (the caller starts cold)."""
+        if self.gave_up:
+            return False
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.1):
+            if self.failure or self.proc is None or self.proc.poll() is not None \
+                    or time.monotonic() > deadline:
+                if not self.failure:
+                    self.failure = "the launcher exited or did not get ready in time"
+                return False
+        return True
+
+    # --- runs -----------------------------------------------------------------------------
+    def launch(self, script: str, *, cwd: Path, env: dict, log: Path) -> WarmProcess | None:
+        """Forks a run; None when the launcher cannot (the caller starts it cold)."""
+        if not self.usable():
+            return None
+        spec = {"script": str(script), "cwd": str(cwd), "env": env, "log": str(log)}
+        try:
+            self._write({"run": spec})
+            pid = self._started.get(timeout=REPLY_TIMEOUT_S)
+        except (OSError, queue.Empty):
+            self.failure = "the launcher did not start the run"
+            self.close()
+            return None
+        return WarmProcess(self, pid)
+
+    def signal(self, pid: int, sig: int) -> None:
+        try:
+            self._write({"signal": {"pid": pid, "sig": int(sig)}})
+        except OSError:
+            pass
+
+    def exit_code(self, pid: int):
+        with self._lock:
+            if pid in self._exits:
+                return self._exits[pid]
+        if self.proc is None or self.proc.poll() is not None:
+            return -signal.SIGKILL  # the launcher died: its runs died with it
+        return None
+
+    def _write(self, message: dict) -> None:
+        proc = self.proc
+        if proc is None:
+            raise OSError("the launcher is not running")
+        proc.stdin.write((json.dumps(message) + "\n").encode())
+        proc.stdin.flush()
+
+    def _read_events(self, proc: subprocess.Popen) -> None:
+        for raw in iter(proc.stdout.readline, b""):
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if "ready" in event:
+                self.warm_up_seconds = event.get("warm_up_seconds")
+                self.threads = event.get("threads")
+                self.ready.set()
+            elif "failed" in event:
+                self.failure = f"the launcher's warm-up failed: {event['failed']}"
+                self.gave_up = True
+            elif "started" in event:
+                self._started.put(int(event["started"]))
+            elif "exited" in event:
+                with self._lock:
+                    self._exits[int(event["exited"])] = int(event["code"])
+        proc.stdout.close()

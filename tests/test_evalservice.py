@@ -1,0 +1,90 @@
+"""The evaluation service: the same numbers as the one-shot evaluator, fresh validation
+data for every run, and a fall-back to the one-shot evaluator whenever it fails."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from autoresearch import records as R
+from autoresearch.evalservice import EvaluatorService
+from autoresearch.harness.export import export_model
+from autoresearch.runner import OK, evaluate_run
+
+
+class Bigram(nn.Module):
+    def __init__(self, vocab: int, seed: int, zero_input: bool = False):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, 16)
+        self.head = nn.Linear(16, vocab)
+        self.zero_input = zero_input
+
+    def forward(self, idx):
+        if self.zero_input:  # writes into the tensor it is given
+            idx.mul_(0)
+        return self.head(self.embed(idx))
+
+
+def _submit(workspace, run_id: int, model: nn.Module):
+    profile = workspace.settings.profile()
+    run_dir = workspace.run_dir(run_id)
+    export_model(model, run_dir, batch_size=profile.eval_batch_size, seq_len=profile.max_seq_len,
+                 vocab_size=profile.vocab_size, extra={"account": {"harness_training_seconds": 1.0}})
+    return run_dir
+
+
+@pytest.fixture
+def service(workspace):
+    svc = EvaluatorService(workspace.root, env=dict(os.environ), log_path=workspace.state_dir / "evaluator.log")
+    svc.start()
+    yield svc
+    svc.close()
+
+
+def test_same_result_as_the_one_shot_evaluator(workspace, service):
+    vocab = workspace.settings.profile().vocab_size
+    run_dir = _submit(workspace, 1, Bigram(vocab, seed=1))
+    served = evaluate_run(workspace.root, run_dir, timeout=60, evaluator=service)
+    one_shot = evaluate_run(workspace.root, run_dir, timeout=60)
+    assert served.status == OK and served.trust == "sealed"
+    assert served.val_bpb == one_shot.val_bpb  # bit for bit: the same program on the same data
+    assert json.loads((run_dir / "eval.json").read_text())["val_bpb"] == one_shot.val_bpb
+    again = evaluate_run(workspace.root, _submit(workspace, 2, Bigram(vocab, seed=2)), timeout=60,
+                         evaluator=service)
+    assert again.status == OK and again.val_bpb != served.val_bpb  # a second run on the same process
+
+
+def test_a_program_that_writes_into_its_input_cannot_change_later_scores(workspace, service):
+    vocab = workspace.settings.profile().vocab_size
+    benign = _submit(workspace, 1, Bigram(vocab, seed=1))
+    alone = evaluate_run(workspace.root, benign, timeout=60).val_bpb
+    vandal = _submit(workspace, 2, Bigram(vocab, seed=2, zero_input=True))
+    assert evaluate_run(workspace.root, vandal, timeout=60, evaluator=service).status in (OK, R.INVALID)
+    assert evaluate_run(workspace.root, benign, timeout=60, evaluator=service).val_bpb == alone
+
+
+def test_a_dead_service_falls_back_to_the_one_shot_evaluator(workspace, service):
+    vocab = workspace.settings.profile().vocab_size
+    assert service.usable()
+    os.killpg(service.proc.pid, signal.SIGKILL)
+    service.proc.wait(timeout=10)
+    run_dir = _submit(workspace, 1, Bigram(vocab, seed=1))
+    outcome = evaluate_run(workspace.root, run_dir, timeout=60, evaluator=service)
+    assert outcome.status == OK and outcome.val_bpb is not None
+    assert service.proc is not None and service.proc.poll() is None  # replaced for the next run
+
+
+def test_an_evaluation_past_its_allowance_is_a_timeout_and_the_service_restarts(workspace, service):
+    vocab = workspace.settings.profile().vocab_size
+    assert service.usable()
+    run_dir = _submit(workspace, 1, Bigram(vocab, seed=1))
+    outcome = evaluate_run(workspace.root, run_dir, timeout=0.01, evaluator=service)
+    assert outcome.status == R.TIMEOUT
+    assert service.proc is None  # killed, not left computing
+    later = evaluate_run(workspace.root, run_dir, timeout=60, evaluator=service)
+    assert later.status == OK
