@@ -148,3 +148,23 @@ def test_sandboxed_training_cannot_read_the_validation_files(workspace):
                             sandbox_data="builtin")
     assert sealed.status == R.CRASH and "VAL BYTES" not in open(sealed.log_path).read()
     assert "Permission" in sealed.log_tail or "denied" in sealed.log_tail.lower()
+
+
+def test_a_sandboxed_warm_launcher_keeps_its_runs_in_the_sandbox(workspace):
+    from autoresearch.harness.prepare import prepared_dir
+    from autoresearch.sandbox import sandbox_available
+    from autoresearch.services import LoopServices
+
+    available, why = sandbox_available()
+    if not available:
+        pytest.skip(why)
+    val = prepared_dir("builtin", workspace.settings.profile().vocab_size) / "val.tokens"
+    peek = f"data = open({str(val)!r}, 'rb').read()\nprint('VAL BYTES', len(data))\n"
+    (workspace.root / "train.py").write_text(_edit(workspace, "torch.manual_seed(SEED)",
+                                                   peek + "torch.manual_seed(SEED)"))
+    with LoopServices(workspace, sandbox=True, warm_start="on") as services:
+        sealed = run_experiment(workspace.root, workspace.run_dir(1), workspace.settings.profile(), seed=1,
+                                sandbox_data="builtin", launcher=services.launcher, evaluator=services.evaluator)
+    assert sealed.start == "warm"
+    assert sealed.status == R.CRASH and "VAL BYTES" not in open(sealed.log_path).read()
+    assert "Permission" in sealed.log_tail or "denied" in sealed.log_tail.lower()

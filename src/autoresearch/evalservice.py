@@ -9,7 +9,6 @@ one-shot evaluator, so results never depend on it being there.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -18,6 +17,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from autoresearch.service_process import send, spawn_service
 
 READY_TIMEOUT_S = 120.0
 
@@ -36,14 +37,20 @@ class EvaluatorService:
         if self.proc is not None and self.proc.poll() is None:
             return
         self.ready.clear()
-        self._answers = queue.Queue()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._answers = answers = queue.Queue()
+
+        def on_message(message):
+            if message is None:
+                answers.put({"done": None})  # its output ended: it died
+            elif message.get("ready"):
+                self.ready.set()
+            elif "done" in message:
+                answers.put(message)
+
         command = [sys.executable, "-P", "-m", "autoresearch.harness.evaluate", "--serve",
                    "--workspace", str(self.workspace)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=self.workspace, env=self.env, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-        threading.Thread(target=self._read, args=(self.proc, self._answers), daemon=True).start()
+        self.proc = spawn_service(command, cwd=self.workspace, env=self.env, log_path=self.log_path,
+                                  on_message=on_message)
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
@@ -74,9 +81,8 @@ class EvaluatorService:
             return None, time.monotonic() - started
         answers = self._answers
         try:
-            self.proc.stdin.write((json.dumps({"run_dir": str(Path(run_dir).resolve())}) + "\n").encode())
-            self.proc.stdin.flush()
-        except (OSError, AttributeError):
+            send(self.proc, {"run_dir": str(Path(run_dir).resolve())})
+        except OSError:
             self.close()
             return None, time.monotonic() - started
         while True:
@@ -95,16 +101,3 @@ class EvaluatorService:
             if stop_event is not None and stop_event.is_set():
                 self.close()
                 return "interrupted", time.monotonic() - started
-
-    def _read(self, proc: subprocess.Popen, answers: queue.Queue) -> None:
-        for raw in iter(proc.stdout.readline, b""):
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                continue
-            if message.get("ready"):
-                self.ready.set()
-            elif "done" in message:
-                answers.put(message)
-        answers.put({"done": None})
-        proc.stdout.close()

@@ -14,7 +14,6 @@ after torch's import is only known safe there. `warm_start = "on"` forces them.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import queue
 import signal
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from autoresearch.config import WARM_START_MODES as MODES
+from autoresearch.service_process import send, spawn_service
 
 READY_TIMEOUT_S = 180.0  # warm-up on a cold compiler cache, on a slow machine
 REPLY_TIMEOUT_S = 10.0
@@ -125,12 +125,9 @@ class WarmStarter:
         self.ready.clear()
         self.failure = ""
         self._started = queue.Queue()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = self.wrap([sys.executable, "-P", "-m", "autoresearch.harness.zygote"])
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=self.workspace, env=self.env, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-        threading.Thread(target=self._read_events, args=(self.proc,), daemon=True).start()
+        self.proc = spawn_service(command, cwd=self.workspace, env=self.env, log_path=self.log_path,
+                                  on_message=self._on_event)
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
@@ -195,28 +192,20 @@ class WarmStarter:
         return None
 
     def _write(self, message: dict) -> None:
-        proc = self.proc
-        if proc is None:
-            raise OSError("the launcher is not running")
-        proc.stdin.write((json.dumps(message) + "\n").encode())
-        proc.stdin.flush()
+        send(self.proc, message)
 
-    def _read_events(self, proc: subprocess.Popen) -> None:
-        for raw in iter(proc.stdout.readline, b""):
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if "ready" in event:
-                self.warm_up_seconds = event.get("warm_up_seconds")
-                self.threads = event.get("threads")
-                self.ready.set()
-            elif "failed" in event:
-                self.failure = f"the launcher's warm-up failed: {event['failed']}"
-                self.gave_up = True
-            elif "started" in event:
-                self._started.put(int(event["started"]))
-            elif "exited" in event:
-                with self._lock:
-                    self._exits[int(event["exited"])] = int(event["code"])
-        proc.stdout.close()
+    def _on_event(self, event: dict | None) -> None:
+        if event is None:
+            return  # its end is seen by exit_code() and usable()
+        if "ready" in event:
+            self.warm_up_seconds = event.get("warm_up_seconds")
+            self.threads = event.get("threads")
+            self.ready.set()
+        elif "failed" in event:
+            self.failure = f"the launcher's warm-up failed: {event['failed']}"
+            self.gave_up = True
+        elif "started" in event:
+            self._started.put(int(event["started"]))
+        elif "exited" in event:
+            with self._lock:
+                self._exits[int(event["exited"])] = int(event["code"])
