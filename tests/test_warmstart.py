@@ -147,3 +147,31 @@ def test_a_launcher_whose_warm_up_fails_means_cold_starts(tmp_path):
         assert starter.gave_up and not starter.usable()  # not retried for every run
     finally:
         starter.close()
+
+
+def test_a_launcher_that_keeps_dying_is_given_up(tmp_path):
+    dying = [sys.executable, "-c", "raise SystemExit(1)"]
+    starter = WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
+                          wrap=lambda cmd: dying)
+    try:
+        results = [starter.usable(timeout=30) for _ in range(5)]
+        assert results == [False] * 5
+        assert starter.starts == 3 and starter.gave_up  # three tries, then cold starts for good
+        assert "died 3 times" in starter.failure
+    finally:
+        starter.close()
+
+
+def test_a_launcher_that_never_gets_ready_is_given_up_and_stopped(tmp_path):
+    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
+    starter = WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
+                          wrap=lambda cmd: silent)
+    starter.start()
+    proc = starter.proc
+    try:
+        assert starter.usable(timeout=0.5) is False
+        assert starter.gave_up and "not ready after" in starter.failure
+        assert proc.wait(timeout=10) is not None  # not left running
+        assert starter.launch("train.py", cwd=tmp_path, env={}, log=tmp_path / "x.log") is None
+    finally:
+        starter.close()

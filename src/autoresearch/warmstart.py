@@ -28,6 +28,7 @@ from autoresearch.service_process import send, spawn_service
 
 READY_TIMEOUT_S = 180.0  # warm-up on a cold compiler cache, on a slow machine
 REPLY_TIMEOUT_S = 10.0
+MAX_STARTS = 3  # a launcher that keeps dying is given up: runs start cold
 KILL_WAITS = ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0))
 GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA and AMD compute devices
 
@@ -76,11 +77,11 @@ def _is_environ(node) -> bool:
 class WarmProcess:
     """A run forked by the launcher; the same interface as the runner's cold process."""
 
-    def __init__(self, starter: "WarmStarter", pid: int):
-        self.starter, self.pid = starter, pid
+    def __init__(self, starter: "WarmStarter", pid: int, generation: int):
+        self.starter, self.pid, self.generation = starter, pid, generation
 
     def poll(self):
-        return self.starter.exit_code(self.pid)
+        return self.starter.exit_code(self.pid, self.generation)
 
     def kill_group(self) -> None:
         for sig, wait in KILL_WAITS:
@@ -109,25 +110,37 @@ class WarmStarter:
         self.proc: subprocess.Popen | None = None
         self.ready = threading.Event()
         self.failure = ""
-        self.gave_up = False  # the warm-up itself failed: restarting would fail again
+        self.gave_up = False  # the warm-up failed or kept failing: restarting would not help
         self.warm_up_seconds: float | None = None
         self.threads: int | None = None
+        self.starts = 0
+        # per launcher generation: in a sandbox's pid namespace a new launcher reuses pids
+        self.generation = 0
         self._started: queue.Queue = queue.Queue()
-        self._exits: dict[int, int] = {}
+        self._exits: dict[tuple[int, int], int] = {}
+        self._ended: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
     # --- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Spawns the launcher; call from the thread that outlives it (the parent-death
         signal follows the spawning thread)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.gave_up or (self.proc is not None and self.proc.poll() is None):
             return
+        if self.starts >= MAX_STARTS:
+            self.gave_up = True
+            self.failure = f"the launcher died {self.starts} times"
+            return
+        self.starts += 1
+        self.generation += 1
+        generation = self.generation
         self.ready.clear()
         self.failure = ""
         self._started = queue.Queue()
+        self._ended[generation] = threading.Event()
         command = self.wrap([sys.executable, "-P", "-m", "autoresearch.harness.zygote"])
         self.proc = spawn_service(command, cwd=self.workspace, env=self.env, log_path=self.log_path,
-                                  on_message=self._on_event)
+                                  on_message=lambda event: self._on_event(event, generation))
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
@@ -149,16 +162,19 @@ class WarmStarter:
 
     def usable(self, timeout: float = READY_TIMEOUT_S) -> bool:
         """Waits for the warm-up; False when the launcher failed (the caller starts cold)."""
-        if self.gave_up:
-            return False
         if self.proc is None or self.proc.poll() is not None:
             self.start()
+        if self.gave_up:
+            return False
         deadline = time.monotonic() + timeout
         while not self.ready.wait(0.1):
-            if self.failure or self.proc is None or self.proc.poll() is not None \
-                    or time.monotonic() > deadline:
-                if not self.failure:
-                    self.failure = "the launcher exited or did not get ready in time"
+            if self.failure or self.proc is None or self.proc.poll() is not None:
+                self.failure = self.failure or "the launcher exited during its warm-up"
+                return False
+            if time.monotonic() > deadline:
+                self.failure = f"the launcher was not ready after {timeout:.0f} s"
+                self.gave_up = True  # waiting that long again for every run would cost more than it saves
+                self.close()
                 return False
         return True
 
@@ -175,7 +191,7 @@ class WarmStarter:
             self.failure = "the launcher did not start the run"
             self.close()
             return None
-        return WarmProcess(self, pid)
+        return WarmProcess(self, pid, self.generation)
 
     def signal(self, pid: int, sig: int) -> None:
         try:
@@ -183,20 +199,27 @@ class WarmStarter:
         except OSError:
             pass
 
-    def exit_code(self, pid: int):
+    def exit_code(self, pid: int, generation: int):
         with self._lock:
-            if pid in self._exits:
-                return self._exits[pid]
-        if self.proc is None or self.proc.poll() is not None:
-            return -signal.SIGKILL  # the launcher died: its runs died with it
-        return None
+            if (generation, pid) in self._exits:
+                return self._exits[(generation, pid)]
+        alive = generation == self.generation and self.proc is not None and self.proc.poll() is None
+        if alive:
+            return None
+        self._ended[generation].wait(2.0)  # the launcher's last words may still be in the pipe
+        with self._lock:
+            # no exit reported by a launcher that is gone: the run died with it
+            return self._exits.get((generation, pid), -signal.SIGKILL)
 
     def _write(self, message: dict) -> None:
         send(self.proc, message)
 
-    def _on_event(self, event: dict | None) -> None:
+    def _on_event(self, event: dict | None, generation: int) -> None:
         if event is None:
-            return  # its end is seen by exit_code() and usable()
+            self._ended[generation].set()
+            return
+        if generation != self.generation and "exited" not in event:
+            return  # a replaced launcher's late words
         if "ready" in event:
             self.warm_up_seconds = event.get("warm_up_seconds")
             self.threads = event.get("threads")
@@ -208,4 +231,4 @@ class WarmStarter:
             self._started.put(int(event["started"]))
         elif "exited" in event:
             with self._lock:
-                self._exits[int(event["exited"])] = int(event["code"])
+                self._exits[(generation, int(event["exited"]))] = int(event["code"])

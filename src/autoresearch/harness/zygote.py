@@ -186,11 +186,14 @@ def _handle(message: dict, children: set, defaults: dict) -> None:
             _signal_group(target, int(message["signal"]["sig"]))
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _signal_group(pid: int, sig: int, *, reaped: bool = False) -> None:
+    """The run's whole group; the run itself also, when it has not made its group yet
+    (never once reaped: its pid may belong to another process by then)."""
+    for send in (os.killpg,) if reaped else (os.killpg, os.kill):
+        try:
+            send(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _reap(children: set) -> None:
@@ -202,7 +205,7 @@ def _reap(children: set) -> None:
             continue
         if done:
             children.discard(pid)
-            _signal_group(pid, signal.SIGKILL)  # workers the run left behind
+            _signal_group(pid, signal.SIGKILL, reaped=True)  # workers the run left behind
             _send({"exited": pid, "code": _exit_code(status)})
 
 
