@@ -14,16 +14,18 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm starts are Linux-only")
 
+SIGNALS = "lambda: [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)]"
 PROBE = """\
-import json, os, random, sys
+import json, os, random, signal, sys
+SIGNALS = SIGNALS_EXPR
 import numpy, torch
 torch.randn(512, 512) @ torch.randn(512, 512)  # thread pools work after the fork (no hang)
 numpy.ones((512, 512)) @ numpy.ones((512, 512))
 print(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "name": __name__, "path0": sys.path[0],
                   "marker": os.environ.get("PROBE_MARKER"), "leak": os.environ.get("ZYGOTE_ONLY"),
                   "random": random.random(), "threads": torch.get_num_threads(),
-                  "pid": os.getpid(), "pgid": os.getpgid(0)}))
-"""
+                  "pid": os.getpid(), "pgid": os.getpgid(0), "signals": SIGNALS()}))
+""".replace("SIGNALS_EXPR", SIGNALS)
 
 
 class Zygote:
@@ -90,6 +92,9 @@ def test_a_run_looks_like_a_fresh_python_script(zygote, tmp_path):
     assert first["threads"] == (torch_default_threads())
     assert first["pgid"] == first["pid"]  # its own process group: the runner kills it whole
     assert first["random"] != second["random"]  # reseeded, not the launcher's state
+    fresh = subprocess.run([sys.executable, "-c", f"import signal; print(({SIGNALS})())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert str(first["signals"]) == fresh  # signal handling as in a fresh interpreter
 
 
 def torch_default_threads() -> int:

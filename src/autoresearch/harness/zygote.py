@@ -94,8 +94,9 @@ def _restore_defaults(defaults: dict) -> None:
     random.seed()  # a fresh interpreter seeds from the OS; forked ones would all share a state
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    # as a fresh interpreter has them (SIGPIPE stays ignored, as Python sets it at start-up)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_child(spec: dict, defaults: dict) -> None:
