@@ -68,7 +68,18 @@ def test_a_program_that_writes_into_its_input_cannot_change_later_scores(workspa
     assert evaluate_run(workspace.root, benign, timeout=60, evaluator=service).val_bpb == alone
 
 
-def test_a_dead_service_falls_back_to_the_one_shot_evaluator(workspace, service):
+def test_a_service_that_cannot_start_falls_back_to_the_one_shot_evaluator(workspace):
+    vocab = workspace.settings.profile().vocab_size
+    broken = EvaluatorService(workspace.state_dir, env=dict(os.environ),  # a folder without settings
+                              log_path=workspace.state_dir / "evaluator.log")
+    run_dir = _submit(workspace, 1, Bigram(vocab, seed=1))
+    outcome = evaluate_run(workspace.root, run_dir, timeout=60, evaluator=broken)
+    assert "exited" in broken.failure and broken.proc is None  # the service never answered
+    assert outcome.status == OK and outcome.val_bpb == evaluate_run(workspace.root, run_dir, timeout=60).val_bpb
+    assert "autoresearch.toml not found" in (workspace.state_dir / "evaluator.log").read_text()
+
+
+def test_a_dead_service_is_replaced_for_the_next_run(workspace, service):
     vocab = workspace.settings.profile().vocab_size
     assert service.usable()
     os.killpg(service.proc.pid, signal.SIGKILL)

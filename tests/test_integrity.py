@@ -131,7 +131,8 @@ def test_evaluator_crash_keeps_the_model_and_reeval_recovers_it(workspace, monke
     assert workspace.repo.head() == again.commit
 
 
-def test_sandboxed_training_cannot_read_the_validation_files(workspace):
+def _peek_at_validation_in_train_py(workspace) -> None:
+    """train.py reads the validation token file itself; skips where no sandbox works."""
     from autoresearch.harness.prepare import prepared_dir
     from autoresearch.sandbox import sandbox_available
 
@@ -140,8 +141,12 @@ def test_sandboxed_training_cannot_read_the_validation_files(workspace):
         pytest.skip(why)
     val = prepared_dir("builtin", workspace.settings.profile().vocab_size) / "val.tokens"
     peek = f"data = open({str(val)!r}, 'rb').read()\nprint('VAL BYTES', len(data))\n"
-    text = _edit(workspace, "torch.manual_seed(SEED)", peek + "torch.manual_seed(SEED)")
-    (workspace.root / "train.py").write_text(text)
+    (workspace.root / "train.py").write_text(_edit(workspace, "torch.manual_seed(SEED)",
+                                                   peek + "torch.manual_seed(SEED)"))
+
+
+def test_sandboxed_training_cannot_read_the_validation_files(workspace):
+    _peek_at_validation_in_train_py(workspace)
     open_run = run_experiment(workspace.root, workspace.run_dir(1), workspace.settings.profile(), seed=1)
     assert "VAL BYTES" in open(open_run.log_path).read()  # without the sandbox the file is readable
     sealed = run_experiment(workspace.root, workspace.run_dir(2), workspace.settings.profile(), seed=2,
@@ -151,17 +156,9 @@ def test_sandboxed_training_cannot_read_the_validation_files(workspace):
 
 
 def test_a_sandboxed_warm_launcher_keeps_its_runs_in_the_sandbox(workspace):
-    from autoresearch.harness.prepare import prepared_dir
-    from autoresearch.sandbox import sandbox_available
     from autoresearch.services import LoopServices
 
-    available, why = sandbox_available()
-    if not available:
-        pytest.skip(why)
-    val = prepared_dir("builtin", workspace.settings.profile().vocab_size) / "val.tokens"
-    peek = f"data = open({str(val)!r}, 'rb').read()\nprint('VAL BYTES', len(data))\n"
-    (workspace.root / "train.py").write_text(_edit(workspace, "torch.manual_seed(SEED)",
-                                                   peek + "torch.manual_seed(SEED)"))
+    _peek_at_validation_in_train_py(workspace)
     with LoopServices(workspace, sandbox=True, warm_start="on") as services:
         sealed = run_experiment(workspace.root, workspace.run_dir(1), workspace.settings.profile(), seed=1,
                                 sandbox_data="builtin", launcher=services.launcher, evaluator=services.evaluator)

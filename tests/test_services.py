@@ -31,7 +31,9 @@ def test_on_starts_both_and_close_stops_both(workspace):
         launcher, evaluator = services.launcher, services.evaluator
         assert launcher.usable() and evaluator.usable()
         assert (workspace.state_dir / "launcher.log").exists()
+        processes = [launcher.proc, evaluator.proc]
     assert launcher.proc is None and evaluator.proc is None
+    assert all(proc.poll() is not None for proc in processes)  # both processes ended, not just forgotten
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm starts are Linux-only")

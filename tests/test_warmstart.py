@@ -134,10 +134,15 @@ def test_a_dead_launcher_is_replaced_and_its_run_recorded(tmp_path):
         starter.close()
 
 
+def _launcher_running(tmp_path, code: str) -> WarmStarter:
+    """A WarmStarter whose launcher is replaced by `python -c code`."""
+    command = [sys.executable, "-c", code]
+    return WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
+                       wrap=lambda cmd: command)
+
+
 def test_a_launcher_whose_warm_up_fails_means_cold_starts(tmp_path):
-    failing = [sys.executable, "-c", "print('{\"failed\": \"ImportError: no torch\"}', flush=True)"]
-    starter = WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
-                          wrap=lambda cmd: failing)
+    starter = _launcher_running(tmp_path, "print('{\"failed\": \"ImportError: no torch\"}', flush=True)")
     starter.start()
     try:
         (tmp_path / "train.py").write_text("print('ran cold')\n")
@@ -150,9 +155,7 @@ def test_a_launcher_whose_warm_up_fails_means_cold_starts(tmp_path):
 
 
 def test_a_launcher_that_keeps_dying_is_given_up(tmp_path):
-    dying = [sys.executable, "-c", "raise SystemExit(1)"]
-    starter = WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
-                          wrap=lambda cmd: dying)
+    starter = _launcher_running(tmp_path, "raise SystemExit(1)")
     try:
         results = [starter.usable(timeout=30) for _ in range(5)]
         assert results == [False] * 5
@@ -163,9 +166,7 @@ def test_a_launcher_that_keeps_dying_is_given_up(tmp_path):
 
 
 def test_a_launcher_that_never_gets_ready_is_given_up_and_stopped(tmp_path):
-    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
-    starter = WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
-                          wrap=lambda cmd: silent)
+    starter = _launcher_running(tmp_path, "import time; time.sleep(60)")
     starter.start()
     proc = starter.proc
     try:
@@ -175,3 +176,12 @@ def test_a_launcher_that_never_gets_ready_is_given_up_and_stopped(tmp_path):
         assert starter.launch("train.py", cwd=tmp_path, env={}, log=tmp_path / "x.log") is None
     finally:
         starter.close()
+
+
+def test_a_launcher_that_cannot_be_spawned_means_cold_starts(tmp_path):
+    starter = WarmStarter(tmp_path, env=dict(os.environ), log_path=tmp_path / "launcher.log",
+                          wrap=lambda cmd: [str(tmp_path / "no-such-program"), *cmd])
+    (tmp_path / "train.py").write_text("print('ran cold')\n")
+    outcome = run_experiment(tmp_path, tmp_path / "run", FAST, seed=7, launcher=starter)
+    assert outcome.start.startswith("cold: the launcher cannot start:")
+    assert "ran cold" in (tmp_path / "run" / "run.log").read_text()

@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
     return 0 if outcome.status == OK else 1
 
 
-def _open_loop(args, view=None, stop_event=None, on_record=None):
+def _open_loop(args, view=None, stop_event=None):
     from autoresearch.agents import make_agent
     from autoresearch.loop import ResearchLoop
     from autoresearch.workspace import Workspace
@@ -138,13 +138,12 @@ def _open_loop(args, view=None, stop_event=None, on_record=None):
                            **{k: v for k, v in options.items() if v is not None})
     except ValueError as error:  # a missing model, key or preset: the user's to fix
         raise CliError(str(error)) from None
-    on_record = on_record or (lambda records: _refresh_report(ws, records))
     return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
                         hours=getattr(args, "hours", None), stop_event=stop_event,
                         max_cost=getattr(args, "max_cost", None), max_tokens=getattr(args, "max_tokens", None),
                         sandbox=getattr(args, "sandbox", False),
                         warm_start="off" if getattr(args, "cold_start", False) else None,
-                        on_record=on_record)
+                        on_record=lambda records: _refresh_report(ws, records))
 
 
 def _refresh_report(ws, records) -> None:
@@ -160,7 +159,6 @@ def cmd_run(args) -> int:
 
     from autoresearch.live import make_view
     from autoresearch.report import BackgroundRefresh
-    from autoresearch.workspace import Workspace
 
     stop = threading.Event()
     view = make_view(plain=args.plain)
@@ -174,17 +172,17 @@ def cmd_run(args) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    ws = Workspace.open(args.workspace)
+    loop = _open_loop(args, view=view, stop_event=stop)
     # drawn in the background: the plot is made while the next run starts, not before it
-    reports = BackgroundRefresh(lambda records: _refresh_report(ws, records))
-    loop = _open_loop(args, view=view, stop_event=stop, on_record=reports.request)
+    reports = BackgroundRefresh(lambda records: _refresh_report(loop.ws, records))
+    loop.on_record = reports.request
     view.start()
     try:
         loop.run()
     finally:
         view.stop()
+        reports.request(loop.ledger.records())  # the final state, drawn before close returns
         reports.close()
-    _refresh_report(loop.ws, loop.ledger.records())
     print(f"results: {loop.ws.root / 'results.tsv'}\nreport:  {loop.ws.root / 'report.md'}, "
           f"{loop.ws.root / 'progress.png'}")
     return 0

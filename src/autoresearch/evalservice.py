@@ -9,16 +9,14 @@ one-shot evaluator, so results never depend on it being there.
 """
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from autoresearch.service_process import send, spawn_service
+from autoresearch.service_process import send, spawn_service, stop_service
 
 READY_TIMEOUT_S = 120.0
 
@@ -55,17 +53,15 @@ class EvaluatorService:
     def close(self) -> None:
         proc, self.proc = self.proc, None
         self.ready.clear()
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # nothing of value is in flight between evaluations
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
+        stop_service(proc)  # at once: nothing of value is in flight between evaluations
 
     def usable(self, timeout: float = READY_TIMEOUT_S) -> bool:
         if self.proc is None or self.proc.poll() is not None:
-            self.start()
+            try:
+                self.start()
+            except OSError as error:
+                self.failure = f"the evaluation service cannot start: {error}"
+                return False
         deadline = time.monotonic() + timeout
         while not self.ready.wait(0.1):
             if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:

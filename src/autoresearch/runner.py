@@ -19,7 +19,7 @@ from autoresearch.harness import session as S
 from autoresearch.harness.profiles import Profile
 from autoresearch.integrity import integrity_reason
 from autoresearch.summary import format_summary
-from autoresearch.warmstart import cold_start_reason
+from autoresearch.warmstart import KILL_WAITS, cold_start_reason
 
 OK = "ok"  # measured; the policy decides keep or discard
 OVER_BUDGET_SLACK = 1.05  # training may overrun its budget by 5% + 2 s (last step, submit)
@@ -85,7 +85,7 @@ class ColdProcess:
 
     def kill_group(self) -> None:
         """Stops the whole process group: train.py may have started workers of its own."""
-        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in KILL_WAITS:
             try:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:

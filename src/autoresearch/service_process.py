@@ -4,6 +4,8 @@ for the loop does not reach it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -27,6 +29,28 @@ def send(proc: subprocess.Popen | None, message: dict) -> None:
         raise OSError("the helper process is not running")
     proc.stdin.write((json.dumps(message) + "\n").encode())
     proc.stdin.flush()
+
+
+def stop_service(proc: subprocess.Popen | None, *, grace: float = 0.0) -> None:
+    """Closes its input (a helper that reads EOF stops itself and what it started), waits
+    `grace` seconds, then kills its process group."""
+    if proc is None:
+        return
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    if grace > 0:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
 
 
 def _read(proc: subprocess.Popen, on_message) -> None:

@@ -29,8 +29,11 @@ class LoopServices:
         env.update({S.ENV_WORKSPACE: str(root), S.ENV_MANAGED: "1", "PYTHONUNBUFFERED": "1"})
         self.launcher = WarmStarter(root, env=env, log_path=self.ws.state_dir / "launcher.log", wrap=self._wrap())
         self.evaluator = EvaluatorService(root, env=env, log_path=self.ws.state_dir / "evaluator.log")
-        self.launcher.start()
-        self.evaluator.start()
+        for service in (self.launcher, self.evaluator):
+            try:
+                service.start()
+            except OSError:
+                pass  # usable() says why at the first run, which then starts cold
         return self
 
     def _wrap(self):

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 from autoresearch.config import WARM_START_MODES as MODES
-from autoresearch.service_process import send, spawn_service
+from autoresearch.service_process import send, spawn_service, stop_service
 
 READY_TIMEOUT_S = 180.0  # warm-up on a cold compiler cache, on a slow machine
 REPLY_TIMEOUT_S = 10.0
 MAX_STARTS = 3  # a launcher that keeps dying is given up: runs start cold
-KILL_WAITS = ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0))
+KILL_WAITS = ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0))  # a run is asked to stop, then killed
 GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA and AMD compute devices
 
 
@@ -145,25 +145,15 @@ class WarmStarter:
     def close(self) -> None:
         proc, self.proc = self.proc, None
         self.ready.clear()
-        if proc is None:
-            return
-        try:
-            proc.stdin.close()  # the launcher kills its runs and exits
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=5)
+        stop_service(proc, grace=5.0)  # on EOF the launcher kills its runs and exits
 
     def usable(self, timeout: float = READY_TIMEOUT_S) -> bool:
         """Waits for the warm-up; False when the launcher failed (the caller starts cold)."""
         if self.proc is None or self.proc.poll() is not None:
-            self.start()
+            try:
+                self.start()
+            except OSError as error:  # e.g. the sandbox's program is missing
+                self.failure, self.gave_up = f"the launcher cannot start: {error}", True
         if self.gave_up:
             return False
         deadline = time.monotonic() + timeout
