@@ -58,29 +58,38 @@ class ConfigError(ValueError):
 
 
 def load_settings(workspace: Path) -> Settings:
+    """The settings in WORKSPACE/autoresearch.toml as the file stands (see Workspace.open for the frozen copy)."""
     path = Path(workspace) / CONFIG_NAME
     if not path.exists():
         raise ConfigError(
             f"{path} not found: run `autoresearch init DIR` to create a workspace, "
             "or pass --workspace DIR"
         )
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    return settings_from_toml(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def settings_from_toml(text: str, source: str = CONFIG_NAME) -> Settings:
+    """Parses settings from TOML text; `source` names where it came from in error messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML ({e}); fix the file or restore it with "
+                          f"`git checkout HEAD -- {CONFIG_NAME}`") from None
     sections = {"experiment": ExperimentSettings, "policy": PolicySettings, "agent": AgentSettings}
     unknown = set(raw) - set(sections)
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
     values = {}
     for name, cls in sections.items():
         table = raw.get(name, {})
         known = {f.name for f in dataclasses.fields(cls)}
         bad = set(table) - known
         if bad:
-            raise ConfigError(f"{path}: unknown key(s) {sorted(bad)} in [{name}]; known: {sorted(known)}")
+            raise ConfigError(f"{source}: unknown key(s) {sorted(bad)} in [{name}]; known: {sorted(known)}")
         values[name] = cls(**table)
     warm = values["experiment"].warm_start
     if warm not in WARM_START_MODES:
-        raise ConfigError(f"{path}: warm_start = {warm!r} in [experiment]; use one of {', '.join(WARM_START_MODES)}")
+        raise ConfigError(f"{source}: warm_start = {warm!r} in [experiment]; use one of {', '.join(WARM_START_MODES)}")
     return Settings(**values)
 
 

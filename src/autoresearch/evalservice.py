@@ -2,13 +2,16 @@
 experiments, so each evaluation skips the interpreter's start, torch's import, the
 validation set-up and the first load (about 6 s of each experiment on two cores).
 
-It runs harness code only, like the one-shot evaluator, and gets a fresh copy of the
-validation batches for every run. A timeout or an interrupt kills it; the next
+It runs harness code only, like the one-shot evaluator, loads each submitted program
+afresh and gets a fresh copy of the validation batches for every run; with the sandbox it
+has no network and nothing writable. It answers with the result; the runner writes it. A timeout or an interrupt kills it; the next
 evaluation starts a new one. Whenever it cannot answer, the runner falls back to the
 one-shot evaluator, so results never depend on it being there.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import queue
 import subprocess
 import sys
@@ -22,10 +25,13 @@ READY_TIMEOUT_S = 120.0
 
 
 class EvaluatorService:
-    def __init__(self, workspace: Path, *, env: dict, log_path: Path):
-        self.workspace = Path(workspace).resolve()
+    def __init__(self, spec: dict, *, folder: Path, env: dict, log_path: Path, wrap=None):
+        self.spec = dict(spec)  # the validation settings (harness.evaluate.validation_spec)
+        self.folder = Path(folder)
         self.env = dict(env)
         self.log_path = Path(log_path)
+        self.wrap = wrap or (lambda cmd: cmd)
+        self._ids = itertools.count(1)
         self.proc: subprocess.Popen | None = None
         self.ready = threading.Event()
         self.failure = ""
@@ -45,9 +51,9 @@ class EvaluatorService:
             elif "done" in message:
                 answers.put(message)
 
-        command = [sys.executable, "-P", "-m", "autoresearch.harness.evaluate", "--serve",
-                   "--workspace", str(self.workspace)]
-        self.proc = spawn_service(command, cwd=self.workspace, env=self.env, log_path=self.log_path,
+        command = self.wrap([sys.executable, "-P", "-m", "autoresearch.harness.evaluate", "--serve",
+                             "--validation", json.dumps(self.spec)])
+        self.proc = spawn_service(command, cwd=self.folder, env=self.env, log_path=self.log_path,
                                   on_message=on_message)
 
     def close(self) -> None:
@@ -70,14 +76,15 @@ class EvaluatorService:
                 return False
         return True
 
-    def evaluate(self, run_dir: Path, *, timeout: float, stop_event=None):
-        """Returns (answer dict | 'timeout' | 'interrupted' | None when unavailable, seconds)."""
+    def evaluate(self, model: Path, submission: dict, *, timeout: float, stop_event=None):
+        """Returns (result dict | 'timeout' | 'interrupted' | None when unavailable, seconds)."""
         started = time.monotonic()
         if not self.usable():
             return None, time.monotonic() - started
         answers = self._answers
+        request_id = next(self._ids)
         try:
-            send(self.proc, {"run_dir": str(Path(run_dir).resolve())})
+            send(self.proc, {"id": request_id, "model": str(Path(model).resolve()), "submission": submission})
         except OSError:
             self.close()
             return None, time.monotonic() - started
@@ -90,7 +97,9 @@ class EvaluatorService:
                 if answer.get("done") is None:  # the process ended (end-of-output marker)
                     self.close()
                     return None, time.monotonic() - started
-                return answer, time.monotonic() - started
+                if answer.get("done") != request_id or not isinstance(answer.get("result"), dict):
+                    continue  # a late answer to a request given up on
+                return answer["result"], time.monotonic() - started
             if time.monotonic() - started > timeout:
                 self.close()
                 return "timeout", time.monotonic() - started

@@ -33,7 +33,9 @@ from autoresearch.harness.api import MAX_SEQ_LEN, TIME_BUDGET, WARMUP_STEPS, VOC
 - MAX_SEQ_LEN, TIME_BUDGET (seconds of training after the first WARMUP_STEPS steps), VOCAB_SIZE, SEED: frozen
 - get_tokenizer(): .get_vocab_size(), .get_bos_token_id(), .encode(text), .decode(ids)
 - make_dataloader(tokenizer, B, T, "train", device=...): yields (x, y, epoch); only the train split
-- log(step, loss=..., progress=..., ...): telemetry; a NaN or diverging loss stops the run early
+- log(step, loss=..., progress=..., ...): call once per step: the runner's clock on the run (the budget
+  starts after WARMUP_STEPS logged steps; no step may begin once it is spent) and telemetry; a NaN
+  or diverging loss stops the run early
 - submit(model, **stats): last line; model(idx) must return logits [B, T, VOCAB_SIZE]; the sealed
   evaluator computes val_bpb from the exported model; train.py never computes it"""
 INFLIGHT_FILE = "inflight.json"  # marks the loop's own uncommitted edits, for resume
@@ -54,7 +56,7 @@ class Job:
 class ResearchLoop:
     def __init__(self, workspace: Workspace, agent, *, view=None, max_experiments: int | None = None,
                  hours: float | None = None, stop_event: threading.Event | None = None, on_record=None,
-                 max_cost: float | None = None, max_tokens: int | None = None, sandbox: bool = False,
+                 max_cost: float | None = None, max_tokens: int | None = None, sandbox: bool | None = None,
                  warm_start: str | None = None):
         self.ws = workspace
         self.agent = agent
@@ -68,20 +70,14 @@ class ResearchLoop:
         self.repo = workspace.repo
         self.ran = 0
         self.max_cost, self.max_tokens = max_cost, max_tokens
-        self.sandbox = sandbox
-        self.services = LoopServices(workspace, sandbox=sandbox, warm_start=warm_start)
+        self.sandbox, self.sandbox_why_not = _sandbox_choice(sandbox)
+        self.services = LoopServices(workspace, sandbox=self.sandbox, warm_start=warm_start)
         self.stop_reason = ""
 
     # --- set-up and resume ------------------------------------------------------------
     def prepare(self) -> None:
         """Checks the workspace, repairs what a kill left behind, puts the branch at the best commit."""
         self.repo.check_identity()
-        if self.sandbox:
-            from autoresearch.sandbox import SandboxUnavailable, sandbox_available
-
-            available, why = sandbox_available()
-            if not available:
-                raise SandboxUnavailable(f"--sandbox cannot be used here: {why}")
         inflight = self.ws.state_dir / INFLIGHT_FILE
         records = self.ledger.records()
         for record in records:
@@ -283,17 +279,60 @@ class ResearchLoop:
             from autoresearch.live import follow_telemetry
 
             follower = follow_telemetry(run_dir / TELEMETRY_FILE, self.view, done)
+        guard = self._guard()
         try:
             outcome = run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
-                                     target=self.ws.settings.experiment.target, stop_event=self.stop_event,
-                                     sandbox_data=self.ws.settings.experiment.data if self.sandbox else None,
-                                     launcher=self.services.launcher, evaluator=self.services.evaluator)
-            record.extra["start"] = outcome.start
-            return outcome
+                                     target=self.ws.settings.experiment.target, settings=self.ws.settings,
+                                     files=self._files_at(record.commit), stop_event=self.stop_event,
+                                     sandbox=self.sandbox, launcher=self.services.launcher,
+                                     evaluator=self.services.evaluator, refs=self.references(),
+                                     scratch_parent=self.services.scratch_parent)
         finally:
             done.set()
             if follower is not None:
                 follower.join(timeout=2)
+        record.extra.update(start=outcome.start, sandbox=outcome.sandbox, timing=outcome.timing)
+        changed = guard.check_and_restore() if guard is not None else []
+        if changed:  # the run reached into the workspace: whatever it measured is not a result
+            outcome.status = R.INVALID
+            outcome.reason = "the run changed the workspace: " + "; ".join(changed[:5])
+        return outcome
+
+    def _guard(self):
+        from autoresearch.guard import WorkspaceGuard
+
+        guard = WorkspaceGuard(self.ws)
+        guard.snapshot()
+        return guard
+
+    def _files_at(self, commit: str) -> dict:
+        """The editable files exactly as committed: what the run gets, whatever the worktree holds."""
+        names = dict.fromkeys([*self.ws.editable(), self.ws.settings.experiment.target])
+        files = {}
+        for name in names:
+            content = self.repo.show_bytes(commit, name)
+            if content is not None:
+                files[name] = content
+        return files
+
+    def references(self) -> dict:
+        """Start-up and export CPU measured on the baseline's runs, per start kind."""
+        from autoresearch.timing import References, references_from
+
+        baselines = [r for r in self.ledger.records() if r.kind == R.BASELINE and r.status == R.KEEP]
+        refs = {}
+        for kind in ("warm", "cold"):
+            summaries = [r.extra["timing"] for r in baselines if isinstance(r.extra.get("timing"), dict)
+                         and str(r.extra.get("start", "")).split(":")[0] == kind]
+            if summaries:
+                refs[kind] = references_from(summaries)
+        launcher = self.services.launcher
+        if "warm" in refs and "cold" not in refs and launcher is not None and launcher.warm_up_cpu:
+            warm = refs["warm"]  # a cold start pays the imports the launcher paid once
+            refs["cold"] = References(
+                startup_cpu=None if warm.startup_cpu is None else warm.startup_cpu + launcher.warm_up_cpu,
+                export_cpu=warm.export_cpu)
+        return refs
 
     def _best_mean(self, records) -> float | None:
         best = self.best_commit()
@@ -467,3 +506,16 @@ class ResearchLoop:
     def _exhausted(self, record) -> bool:
         recent = [r for r in self.ledger.records()[-5:]]
         return len(recent) == 5 and all(r.status == R.FAILED_PROPOSAL for r in recent)
+
+
+def _sandbox_choice(wanted: bool | None) -> tuple[bool, str]:
+    """(use the sandbox, why not): on wherever it works unless turned off; asked for and
+    missing is an error that says what to install."""
+    from autoresearch.sandbox import SandboxUnavailable, sandbox_available
+
+    if wanted is False:
+        return False, "turned off (--no-sandbox)"
+    available, why = sandbox_available()
+    if wanted and not available:
+        raise SandboxUnavailable(f"--sandbox cannot be used here: {why}")
+    return available, "" if available else why

@@ -1,12 +1,18 @@
-"""Confines a training process: no network, validation files unreadable, little writable.
+"""Confines a process: no network, nothing of the machine but what it needs, little writable.
 
-train.py is code an agent wrote. Wrapped by `wrap_command`, it runs in fresh network,
-mount and PID namespaces: only loopback exists, every hidden path reads as nothing, the
-filesystem is read-only except the writable folders, /tmp and a private /dev/shm, and
-capabilities are dropped so the process cannot undo the mounts. The wrapper stays in
-the caller's process group, so os.killpg on the wrapper's pid stops everything inside.
+train.py is code an agent wrote, and the exported program it submits is run by the
+evaluator. Wrapped by `wrap_command`, either runs in fresh network, mount and PID
+namespaces whose filesystem is built from an allow-list, not from the host's root: the
+system's programs and libraries (/usr, /etc, ...), the interpreter and its packages, the
+harness's own code, and the files named `readable`, all read-only; the `writable`
+folders; a private /tmp, /dev and /proc. Home folders, other caches (pip's, other data
+roots), the workspace and every other run's folder are simply not there. `hidden_paths`
+are covered even inside allowed trees (a package that ships the validation text).
+Capabilities are dropped so the process cannot undo the mounts. The wrapper stays in the
+caller's process group, and the PID namespace ends every process inside when its first
+process ends.
 
-Bubblewrap (`bwrap`) is preferred; util-linux `unshare` + `setpriv` is the fallback.
+Bubblewrap (`bwrap`) is preferred; util-linux `unshare` + `setpriv` + `chroot` is the fallback.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import glob
 import os
 import shlex
 import shutil
-import stat
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +32,9 @@ MECHANISMS = (BWRAP, UNSHARE)
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 # GPU device nodes: a fresh /dev lacks them, so they are bound in when present.
 GPU_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
-# Compiler caches that live in the home folder: Triton fails when it cannot write its own.
-HOME_CACHES = (".triton", ".nv")
+# The system's programs, libraries and configuration: needed to run anything, hold no data of ours.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PROBE_TIMEOUT_S = 20
 
 
@@ -44,25 +51,53 @@ def sandbox_available(mechanism: str | None = None) -> tuple[bool, str]:
 
 
 def wrap_command(cmd: list[str], *, hidden_paths: list[Path], writable: list[Path],
-                 mechanism: str | None = None) -> list[str]:
+                 readable: list[Path] = (), mechanism: str | None = None) -> list[str]:
     """`cmd` prefixed so that it runs confined; raises SandboxUnavailable if it cannot be."""
     name = _choose(mechanism)
+    rw = _existing(writable)
+    links, system = _system_paths()
+    ro = [p for p in _existing([*system, *python_paths(), *readable]) if p not in rw]
     hidden = _outermost(_existing(hidden_paths))
-    rw = _existing([Path("/tmp"), *writable, *_home_caches()])
     build = _bwrap_command if name == BWRAP else _unshare_command
-    return build(list(cmd), hidden, rw, _protected(rw))
+    return build(list(cmd), _outermost(ro), rw, hidden, links)
 
 
-def _protected(rw: list[Path]) -> list[Path]:
-    """The interpreter and the harness's own code stay read-only even where they lie inside a
-    writable folder (a virtual environment under /tmp): the evaluator runs that code next.
-    A folder that holds a writable one is left as it is, or the writable one would vanish."""
+def _system_paths() -> tuple[list[tuple[str, Path]], list[Path]]:
+    """(symlinks to recreate, folders to bind): on a merged-/usr system /bin, /lib64, ... are
+    links into /usr, and programs name their loader by the link's path."""
+    links, folders = [], []
+    for name in SYSTEM_PATHS:
+        path = Path(name)
+        if path.is_symlink():
+            links.append((os.readlink(path), path))
+        elif path.exists():
+            folders.append(path)
+    return links, folders
+
+
+def python_paths() -> list[Path]:
+    """What the interpreter needs to run the harness: its prefixes, its packages, our code.
+    (The current folder, '' on sys.path, is left out: it may be a workspace.)"""
     import autoresearch
 
-    code = Path(autoresearch.__file__).resolve().parent
-    candidates = _existing([Path(sys.prefix), Path(sys.base_prefix), code])
-    resolved_rw = [p.resolve() for p in rw]
-    return [p for p in candidates if not any(w == p.resolve() or p.resolve() in w.parents for w in resolved_rw)]
+    paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent,
+             Path(autoresearch.__file__).resolve().parent]
+    paths += [Path(p) for p in site.getsitepackages() if p]
+    paths += [Path(p) for p in sys.path if p and Path(p).is_absolute() and Path(p).is_dir()
+              and Path(p).resolve() != Path.cwd().resolve()]
+    return paths
+
+
+def prepared_paths(source: str, vocab_size: int, *, include_validation: bool) -> list[Path]:
+    """The prepared files of `source` a confined process may read: the tokenizer and the
+    training split (and the validation split for the evaluator), one by one, so that
+    nothing else of the data cache is there."""
+    from autoresearch.harness import prepare
+
+    folder = prepare.prepared_dir(source, vocab_size)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and (include_validation or not p.name.startswith("val")))
 
 
 def validation_paths(source: str, vocab_size: int) -> list[Path]:
@@ -105,66 +140,72 @@ def _outermost(paths: list[Path]) -> list[Path]:
     return [p for p in paths if not any(o != p and o.is_dir() and p.is_relative_to(o) for o in paths)]
 
 
-def _home_caches() -> list[Path]:
-    caches = []
-    for name in HOME_CACHES:
-        path = Path.home() / name
-        try:
-            path.mkdir(exist_ok=True)
-        except OSError:
-            continue  # a read-only home: the tool then falls back or fails as it would anyway
-        caches.append(path)
-    return caches
-
-
 def _gpu_devices() -> list[str]:
     return sorted({p for pattern in GPU_DEVICE_GLOBS for p in glob.glob(pattern)})
 
 
-def _block_devices() -> list[Path]:
-    found = []
-    for entry in Path("/dev").iterdir():
-        try:
-            if stat.S_ISBLK(entry.lstat().st_mode):
-                found.append(entry)
-        except OSError:
-            continue
-    return sorted(found)
-
-
-def _bwrap_command(cmd: list[str], hidden: list[Path], rw: list[Path], protected: list[Path]) -> list[str]:
+def _bwrap_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[Path], links=()) -> list[str]:
     # No --new-session: it would move the command out of the runner's process group.
-    args = [shutil.which(BWRAP) or BWRAP, "--unshare-net", "--unshare-pid", "--die-with-parent",
+    args = [shutil.which(BWRAP) or BWRAP, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent",
             "--cap-drop", "ALL",  # as root bwrap keeps capabilities, enough to unmount the covers
-            "--ro-bind", "/", "/",
             "--dev", "/dev",  # fresh: the host's block devices would expose the raw disk
-            "--proc", "/proc"]  # fresh: the host's /proc/<pid>/root leads around the covers
+            "--proc", "/proc",  # fresh: the host's /proc/<pid>/root leads around the covers
+            "--tmpfs", "/tmp"]
+    for target, path in links:
+        args += ["--symlink", target, str(path)]
+    for path in ro:
+        args += ["--ro-bind", str(path), str(path)]
     for dev in _gpu_devices():
         args += ["--dev-bind", dev, dev]
     for path in rw:
         args += ["--bind", str(path), str(path)]
-    for path in protected:  # after the writable binds, so read-only wins inside them
-        args += ["--ro-bind", str(path), str(path)]
-    for path in hidden:  # last, so that a cover wins over a writable bind above it
+    for path in ro:  # read-only wins where an allowed tree lies inside a writable one (a venv in /tmp)
+        if any(path != w and w in path.parents for w in rw):
+            args += ["--ro-bind", str(path), str(path)]
+    for path in hidden:  # last, so that a cover wins over everything above it
         args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
     return [*args, "--", *cmd]
 
 
-def _unshare_command(cmd: list[str], hidden: list[Path], rw: list[Path], protected: list[Path]) -> list[str]:
+def _unshare_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[Path], links=()) -> list[str]:
+    """The same root, built by hand: a tmpfs with the allowed paths bound in, then chroot."""
     q = shlex.quote
-    lines = ["set -e", "ip link set lo up 2>/dev/null || true"]  # loopback is a convenience, not a need
-    lines += [f"mount --bind {q(str(p))} {q(str(p))}" for p in rw]
-    lines.append("mount -o remount,bind,ro / 2>/dev/null || true")  # only the root mount: best effort
-    lines += [f"mount --bind {q(str(p))} {q(str(p))} && mount -o remount,bind,ro {q(str(p))}" for p in protected]
-    for path in [*hidden, *_block_devices()]:  # the host's /dev stays: its disks would expose raw data
-        lines.append(f"mount -t tmpfs -o ro,size=4k,mode=0555 none {q(str(path))}" if path.is_dir()
-                     else f"mount --bind /dev/null {q(str(path))}")
+    lines = ["set -e", "ip link set lo up 2>/dev/null || true",  # loopback is a convenience, not a need
+             'R=$(mktemp -d "${TMPDIR:-/tmp}/.autoresearch-root.XXXXXX")', 'mount -t tmpfs -o mode=0755 none "$R"']
+
+    def bind(path: Path, read_only: bool) -> None:
+        target = f'"$R"{q(str(path))}'
+        make = f"mkdir -p {target}" if path.is_dir() else f"mkdir -p \"$(dirname {target})\" && touch {target}"
+        lines.append(f"{make} && mount --rbind {q(str(path))} {target}")
+        if read_only:
+            lines.append(f"mount -o remount,bind,ro {target}")
+
+    lines += ['mkdir -p "$R/tmp" "$R/proc" "$R/dev/shm"', 'mount -t tmpfs -o mode=1777 none "$R/tmp"',
+              'mount -t tmpfs -o mode=1777 none "$R/dev/shm"', 'mount -t proc proc "$R/proc"']
+    for dev in DEVICES:
+        lines.append(f'touch "$R/dev/{dev}" && mount --bind /dev/{dev} "$R/dev/{dev}"')
+    for target, path in links:
+        lines.append(f'ln -s {q(target)} "$R"{q(str(path))}')
+    for path in ro:
+        bind(path, True)
+    for path in rw:
+        bind(path, False)
+    for path in ro:
+        if any(path != w and w in path.parents for w in rw):
+            lines.append(f'mount --bind {q(str(path))} "$R"{q(str(path))} && mount -o remount,bind,ro "$R"{q(str(path))}')
+    for path in hidden:
+        target = f'"$R"{q(str(path))}'
+        lines.append(f"mount -t tmpfs -o ro,size=4k,mode=0555 none {target}" if path.is_dir()
+                     else f"mount --bind /dev/null {target}")
     # Dropping every capability (bounding set included) keeps uid 0 from unmounting the covers.
     # No exec: the shell stays PID 1 of the namespace, which ignores SIGTERM, so the
     # command must be its child to die from the runner's SIGTERM (unshare blocks it too).
-    lines += ["set +e", 'setpriv --no-new-privs --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- "$@"',
+    lines += ["set +e", 'HERE=$(pwd)',
+              'chroot "$R" setpriv --no-new-privs --inh-caps=-all --ambient-caps=-all --bounding-set=-all '
+              '-- sh -c \'cd "$0" 2>/dev/null || cd /; exec "$@"\' "$HERE" "$@"',
               "exit $?"]
-    prefix = [shutil.which(UNSHARE) or UNSHARE, "--net", "--mount", "--pid", "--fork", "--mount-proc",
+    prefix = [shutil.which(UNSHARE) or UNSHARE, "--net", "--mount", "--pid", "--ipc", "--uts", "--fork",
               "--kill-child", "--propagation", "private"]
     if os.geteuid() != 0:
         prefix.append("--map-root-user")  # mounts need privilege inside the new namespaces
@@ -188,13 +229,14 @@ def _choose(mechanism: str | None) -> str:
 
 
 def _probe(name: str) -> str | None:
-    tools = [BWRAP] if name == BWRAP else [UNSHARE, "setpriv", "mount"]
+    tools = [BWRAP] if name == BWRAP else [UNSHARE, "setpriv", "mount", "chroot"]
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         return f"{', '.join(missing)} not found"
     build = _bwrap_command if name == BWRAP else _unshare_command
     try:
-        done = subprocess.run(build(["true"], [], [Path("/tmp")], []), capture_output=True, text=True,
+        links, system = _system_paths()
+        done = subprocess.run(build(["true"], system, [], [], links), capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)

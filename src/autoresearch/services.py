@@ -4,7 +4,6 @@ and is evaluated by a one-shot evaluator, with the same results."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from autoresearch.evalservice import EvaluatorService
 from autoresearch.harness import session as S
@@ -12,23 +11,36 @@ from autoresearch.warmstart import WarmStarter, warm_start_wanted
 
 
 class LoopServices:
-    def __init__(self, workspace, *, sandbox: bool = False, warm_start: str | None = None):
+    def __init__(self, workspace, *, sandbox: bool = False, warm_start: str | None = None, settings=None):
         self.ws = workspace
+        self.settings = settings or workspace.settings  # the loop's own copy
         self.mode = warm_start or workspace.settings.experiment.warm_start
         self.enabled, self.why_not = warm_start_wanted(self.mode)
         self.sandbox = sandbox
         self.launcher: WarmStarter | None = None
+        self.scratch_parent = None  # the loop's own folder for its runs' scratch folders
         self.evaluator: EvaluatorService | None = None
 
     def start(self) -> "LoopServices":
         """Spawns both (they warm up in the background); call from the loop's own thread."""
         if not self.enabled:
             return self
-        root: Path = self.ws.root.resolve()
-        env = dict(os.environ)
-        env.update({S.ENV_WORKSPACE: str(root), S.ENV_MANAGED: "1", "PYTHONUNBUFFERED": "1"})
-        self.launcher = WarmStarter(root, env=env, log_path=self.ws.state_dir / "launcher.log", wrap=self._wrap())
-        self.evaluator = EvaluatorService(root, env=env, log_path=self.ws.state_dir / "evaluator.log")
+        from autoresearch.harness.evaluate import validation_spec
+        from autoresearch.runner import SECRET_MARKERS, evaluator_sandbox, run_sandbox
+        from autoresearch.scratch import loop_folder
+
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("AUTORESEARCH_") and not any(m in k.upper() for m in SECRET_MARKERS)}
+        env.update({S.ENV_MANAGED: "1", "PYTHONUNBUFFERED": "1"})
+        folder = self.scratch_parent = loop_folder()
+        wrap_run = run_sandbox(self.settings, folder) if self.sandbox else None
+        self.launcher = WarmStarter(folder, env=env, log_path=self.ws.state_dir / "launcher.log", wrap=wrap_run)
+        spec = validation_spec(self.settings.profile(), self.settings.experiment.data)
+        runs = self.ws.state_dir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        wrap_eval = evaluator_sandbox(spec["data"], spec["vocab_size"], [runs]) if self.sandbox else None
+        self.evaluator = EvaluatorService(spec, folder=runs, env=env, log_path=self.ws.state_dir / "evaluator.log",
+                                          wrap=wrap_eval)
         for service in (self.launcher, self.evaluator):
             try:
                 service.start()
@@ -36,19 +48,14 @@ class LoopServices:
                 pass  # usable() says why at the first run, which then starts cold
         return self
 
-    def _wrap(self):
-        if not self.sandbox:
-            return None
-        from autoresearch import sandbox
-
-        settings = self.ws.settings
-        hidden = sandbox.validation_paths(settings.experiment.data, settings.profile().vocab_size)
-        return lambda cmd: sandbox.wrap_command(cmd, hidden_paths=hidden, writable=[self.ws.root.resolve()])
-
     def close(self) -> None:
+        import shutil
+
         for service in (self.launcher, self.evaluator):
             if service is not None:
                 service.close()
+        if self.scratch_parent is not None:
+            shutil.rmtree(self.scratch_parent, ignore_errors=True)
 
     def __enter__(self):
         return self.start()

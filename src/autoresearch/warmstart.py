@@ -80,6 +80,11 @@ class WarmProcess:
     def __init__(self, starter: "WarmStarter", pid: int, generation: int):
         self.starter, self.pid, self.generation = starter, pid, generation
 
+    @property
+    def exit_cpu(self) -> float | None:
+        """CPU seconds of the run and what it waited for, as the launcher reaped it."""
+        return self.starter.exit_cpus.get((self.generation, self.pid))
+
     def poll(self):
         return self.starter.exit_code(self.pid, self.generation)
 
@@ -102,8 +107,8 @@ class WarmProcess:
 class WarmStarter:
     """One launcher process per loop, started in the background, replaced if it dies."""
 
-    def __init__(self, workspace: Path, *, env: dict, log_path: Path, wrap=None):
-        self.workspace = Path(workspace)
+    def __init__(self, folder: Path, *, env: dict, log_path: Path, wrap=None):
+        self.folder = Path(folder)  # its working folder: the scratch root, never the workspace
         self.env = dict(env)
         self.log_path = Path(log_path)
         self.wrap = wrap or (lambda cmd: cmd)  # the sandbox, when the loop uses one
@@ -112,12 +117,14 @@ class WarmStarter:
         self.failure = ""
         self.gave_up = False  # the warm-up failed or kept failing: restarting would not help
         self.warm_up_seconds: float | None = None
+        self.warm_up_cpu: float | None = None  # CPU seconds of the imports a cold start pays again
         self.threads: int | None = None
         self.starts = 0
         # per launcher generation: in a sandbox's pid namespace a new launcher reuses pids
         self.generation = 0
         self._started: queue.Queue = queue.Queue()
         self._exits: dict[tuple[int, int], int] = {}
+        self.exit_cpus: dict[tuple[int, int], float] = {}
         self._ended: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -139,7 +146,7 @@ class WarmStarter:
         self._started = queue.Queue()
         self._ended[generation] = threading.Event()
         command = self.wrap([sys.executable, "-P", "-m", "autoresearch.harness.zygote"])
-        self.proc = spawn_service(command, cwd=self.workspace, env=self.env, log_path=self.log_path,
+        self.proc = spawn_service(command, cwd=self.folder, env=self.env, log_path=self.log_path,
                                   on_message=lambda event: self._on_event(event, generation))
 
     def close(self) -> None:
@@ -212,6 +219,7 @@ class WarmStarter:
             return  # a replaced launcher's late words
         if "ready" in event:
             self.warm_up_seconds = event.get("warm_up_seconds")
+            self.warm_up_cpu = event.get("warm_up_cpu")
             self.threads = event.get("threads")
             self.ready.set()
         elif "failed" in event:
@@ -221,4 +229,7 @@ class WarmStarter:
             self._started.put(int(event["started"]))
         elif "exited" in event:
             with self._lock:
-                self._exits[(generation, int(event["exited"]))] = int(event["code"])
+                key = (generation, int(event["exited"]))
+                if isinstance(event.get("cpu"), (int, float)):
+                    self.exit_cpus[key] = float(event["cpu"])
+                self._exits[key] = int(event["code"])

@@ -1,18 +1,21 @@
 """A research workspace: its files, its frozen settings, its git history and its scope."""
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import os
 import re
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoresearch.config import CONFIG_NAME, ExperimentSettings, Settings, load_settings, save_settings
+from autoresearch.config import CONFIG_NAME, ExperimentSettings, Settings, save_settings, settings_from_toml
 from autoresearch.gitrepo import GitRepo
 from autoresearch.harness.profiles import get_profile
 
 STATE_DIR = ".autoresearch"
 RESULTS_FILE = "results.tsv"
+LOOP_FILES = (STATE_DIR, RESULTS_FILE, "report.md", "progress.png")  # written by the loop itself, never cleaned
 GITIGNORE = """\
 # results and run files stay out of the history: the ledger is append-only on disk
 results.tsv
@@ -82,15 +85,85 @@ def init_workspace(directory: Path, *, profile: str = "auto", data: str | None =
     return directory
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replaces `path` (even a symlink planted in its place) with a regular file holding `data`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class Workspace:
     root: Path
     settings: Settings
+    settings_sha256: str = ""  # sha256 of the exact bytes the settings were parsed from
+    settings_source: str = ""  # "HEAD:autoresearch.toml", or the worktree file when no commit holds it
+    notes: list = field(default_factory=list)  # what open() found wrong and repaired, for the user
 
     @classmethod
     def open(cls, root: Path | None = None) -> "Workspace":
+        """Reads the frozen settings from the committed copy, restoring a worktree copy that differs."""
         root = Path(root or os.getcwd()).expanduser().resolve()
-        return cls(root, load_settings(root))
+        repo = GitRepo(root)
+        frozen = repo.show_bytes("HEAD", CONFIG_NAME) if repo.is_repo() else None
+        if frozen is None:
+            return cls._open_uncommitted(root)
+        source = f"HEAD:{CONFIG_NAME}"
+        settings = settings_from_toml(frozen.decode("utf-8"), source=f"{root / CONFIG_NAME} (committed at HEAD)")
+        ws = cls(root, settings, _sha256(frozen), source)
+        ws.notes = ws.restore_settings()
+        return ws
+
+    @classmethod
+    def _open_uncommitted(cls, root: Path) -> "Workspace":
+        path = root / CONFIG_NAME
+        if not path.is_file():
+            from autoresearch.config import load_settings
+
+            load_settings(root)  # raises the error that says how to create a workspace
+        data = path.read_bytes()
+        ws = cls(root, settings_from_toml(data.decode("utf-8"), source=str(path)), _sha256(data), str(path))
+        ws.notes = [f"{CONFIG_NAME} is not committed, so the settings were read from the file, which a run "
+                    f"could change: commit it (git add {CONFIG_NAME} && git commit)"]
+        return ws
+
+    def frozen_settings_bytes(self) -> bytes | None:
+        """The committed autoresearch.toml at HEAD, or None when no commit holds it."""
+        return self.repo.show_bytes("HEAD", CONFIG_NAME)
+
+    def restore_settings(self) -> list[str]:
+        """Makes the worktree and index copies of autoresearch.toml equal the committed one.
+
+        Returns one line per repair: a flag that hid edits from git, an edited worktree file,
+        a staged copy that the next commit would have taken.
+        """
+        frozen = self.frozen_settings_bytes()
+        if frozen is None:
+            return []
+        repo, notes = self.repo, []
+        if CONFIG_NAME in repo.hidden_paths():
+            repo.git("update-index", "-q", "--no-skip-worktree", "--no-assume-unchanged", "--", CONFIG_NAME)
+            notes.append(f"{CONFIG_NAME} was hidden from git (skip-worktree/assume-unchanged): flag cleared")
+        if repo.git("rev-parse", f":{CONFIG_NAME}", check=False) != repo.git("rev-parse", f"HEAD:{CONFIG_NAME}"):
+            repo.git("reset", "-q", "HEAD", "--", CONFIG_NAME)
+            notes.append(f"{CONFIG_NAME} had a staged change: unstaged")
+        path = self.root / CONFIG_NAME
+        current = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        if current != frozen:
+            _write_atomically(path, frozen)
+            seen = "missing or not a regular file" if current is None else f"sha256 {_sha256(current)[:12]}"
+            notes.append(f"{CONFIG_NAME} differed from the committed copy ({seen}, committed "
+                         f"{_sha256(frozen)[:12]}): restored from HEAD")
+        return notes
 
     @property
     def repo(self) -> GitRepo:

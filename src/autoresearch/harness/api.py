@@ -3,12 +3,13 @@
     MAX_SEQ_LEN, TIME_BUDGET, WARMUP_STEPS, VOCAB_SIZE, EVAL_TOKENS, SEED, PROFILE   frozen constants
     get_tokenizer()                                                     the workspace's tokenizer
     make_dataloader(tokenizer, B, T, "train", device=...)               training batches only
-    log(step, **metrics)                                                telemetry
+    log(step, **metrics)                                                once per step: heartbeat + telemetry
     submit(model, **stats)                                              hand over for evaluation
 
-The harness keeps its own account of the run: when each batch was served, how many
-tokens, when submit() was called. Those figures, not what train.py prints, decide
-whether a run stayed within its budget.
+Time is judged by the runner, from outside: each log() call sends it a heartbeat that
+it stamps with its own clock. The budget's clock starts after WARMUP_STEPS logged steps;
+a step may begin until the budget is spent. What train.py prints or reports about time
+is shown, never believed.
 """
 from __future__ import annotations
 
@@ -59,6 +60,22 @@ class _Account:
 _ACCOUNT = _Account()
 _telemetry_file = None
 _last_flush = 0.0
+_events_fd = None  # the runner's heartbeat FIFO (absent for `python train.py` alone)
+_logged_steps = 0
+
+
+def _heartbeat(event: bytes) -> None:
+    """One byte to the runner, which stamps it with its own clock."""
+    global _events_fd
+    path = os.environ.get(_session.ENV_EVENTS)
+    if not path:
+        return
+    try:
+        if _events_fd is None:
+            _events_fd = os.open(path, os.O_WRONLY)
+        os.write(_events_fd, event)
+    except OSError:
+        pass  # the runner is gone; the run ends anyway
 
 
 def _prepared():
@@ -94,6 +111,8 @@ def _counted(loader, tokens_per_batch: int):
         now = _clock()
         if _ACCOUNT.first_batch_at is None:
             _ACCOUNT.first_batch_at = now
+            if WARMUP_STEPS == 0:
+                _heartbeat(b"c")
         if _ACCOUNT.batches == WARMUP_STEPS:
             _ACCOUNT.clock_start_at = now
         _ACCOUNT.batches += 1
@@ -108,8 +127,13 @@ def harness_training_seconds() -> float:
 
 
 def log(step: int, **metrics) -> None:
-    """Telemetry for the live view and the agent; stops a run whose loss blew up."""
-    global _telemetry_file, _last_flush
+    """Call once per training step: the runner's heartbeat, telemetry for the live view and
+    the agent; stops a run whose loss blew up."""
+    global _telemetry_file, _last_flush, _logged_steps
+    _heartbeat(b"s")
+    _logged_steps += 1
+    if _logged_steps == WARMUP_STEPS:
+        _heartbeat(b"c")  # the untimed warm-up steps are done: the budget's clock starts
     if _telemetry_file is None:
         _telemetry_file = open(_SESSION.run_dir / _session.TELEMETRY_FILE, "a", buffering=1 << 16)
     record = {"step": int(step), "t": time.time()}
@@ -192,6 +216,7 @@ def submit(model, **stats) -> None:
     """Hands the trained model to the evaluator. Call once, at the end of train.py."""
     from autoresearch.harness import export as export_mod
 
+    _heartbeat(b"e")
     account = _account_stats(stats)
     account["tampered"] = tampering()
     if _telemetry_file is not None:

@@ -16,6 +16,11 @@ Protocol, one JSON object per line: the runner writes {"run": {...}} or
 {"started": P} and {"exited": P, "code": C} on stdout. EOF on stdin stops it and its
 children.
 
+Containment: this process and every run it forks are child subreapers, so nothing a run
+starts can leave it: when the run's script ends, the run kills what it left behind before
+it exits, and an orphan of a run that was killed outright comes back to this process,
+which kills it.
+
 Fork safety: the warm-up runs with one intra-op thread and no compile workers, so no
 OpenMP team or worker pool exists when the children are forked; CUDA is never touched.
 """
@@ -30,6 +35,8 @@ import time
 
 PROTOCOL_OUT = 1  # the runner reads our events from stdout
 POLL_S = 0.05  # how often exited children are reaped between messages
+ORPHAN_SWEEP_S = 1.0  # how often orphans of killed runs are looked for
+_last_sweep = 0.0
 
 
 def _send(message: dict) -> None:
@@ -105,9 +112,12 @@ def run_child(spec: dict, defaults: dict) -> None:
     import runpy
     import traceback
 
+    from autoresearch.contain import become_subreaper, end_all_descendants
+
     code = 1
     try:
         os.setsid()
+        become_subreaper()
         _set_parent_death_signal()
         _redirect_output(spec["log"])
         os.environ.clear()
@@ -136,6 +146,10 @@ def run_child(spec: dict, defaults: dict) -> None:
             code = 1
         atexit._run_exitfuncs()
     finally:
+        try:
+            end_all_descendants()  # what the run started does not outlive it
+        except Exception:
+            pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -198,16 +212,24 @@ def _signal_group(pid: int, sig: int, *, reaped: bool = False) -> None:
 
 
 def _reap(children: set) -> None:
+    from autoresearch.contain import end_all_descendants
+
     for pid in list(children):
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, status, usage = os.wait4(pid, os.WNOHANG)
         except ChildProcessError:
             children.discard(pid)
             continue
         if done:
             children.discard(pid)
             _signal_group(pid, signal.SIGKILL, reaped=True)  # workers the run left behind
-            _send({"exited": pid, "code": _exit_code(status)})
+            _send({"exited": pid, "code": _exit_code(status),
+                   "cpu": round(usage.ru_utime + usage.ru_stime, 3)})
+    # anything else that is our child is an orphan of a run killed outright: it goes too
+    global _last_sweep
+    if time.monotonic() - _last_sweep > ORPHAN_SWEEP_S:
+        _last_sweep = time.monotonic()
+        end_all_descendants(keep=frozenset(children), timeout=1.0)
 
 
 def _python_threads() -> int:
@@ -219,14 +241,18 @@ def _python_threads() -> int:
 
 
 def main() -> int:
+    from autoresearch.contain import become_subreaper
+
     _set_parent_death_signal()
+    become_subreaper()
     started = time.monotonic()
     try:
         defaults = warm_up()
     except Exception as exc:  # the runner falls back to cold starts
         _send({"failed": f"{type(exc).__name__}: {exc}"})
         return 1
-    _send({"ready": True, "warm_up_seconds": round(time.monotonic() - started, 3), "pid": os.getpid(),
+    _send({"ready": True, "warm_up_seconds": round(time.monotonic() - started, 3),
+           "warm_up_cpu": round(time.process_time(), 3), "pid": os.getpid(),
            "threads": _python_threads()})
     return serve(defaults)
 
