@@ -47,6 +47,7 @@ BIGRAM = Path(__file__).parent / "fixtures" / "bigram_train.py"
 def workspace(tmp_path, monkeypatch, data_cache):
     """A cpu-profile workspace whose target is a tiny bigram model with a 1 s budget."""
     from autoresearch.config import load_settings, save_settings
+    from autoresearch.gitrepo import GitRepo
     from autoresearch.workspace import Workspace, init_workspace
 
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(data_cache))
@@ -55,6 +56,5 @@ def workspace(tmp_path, monkeypatch, data_cache):
     settings = load_settings(root)
     settings.policy.baseline_repeats = 2
     save_settings(root, settings)
-    ws = Workspace.open(root)
-    ws.repo.commit_paths(["train.py", "autoresearch.toml"], "tiny bigram target")
-    return ws
+    GitRepo(root).commit_paths(["train.py", "autoresearch.toml"], "tiny bigram target")
+    return Workspace.open(root)  # after the commit: open() reads the committed settings

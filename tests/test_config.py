@@ -29,3 +29,14 @@ def test_unknown_keys_are_refused(tmp_path):
     (tmp_path / "autoresearch.toml").write_text("[nonsense]\n")
     with pytest.raises(ConfigError, match="nonsense"):
         load_settings(tmp_path)
+
+
+def test_settings_parse_from_text_with_the_source_in_errors():
+    from autoresearch.config import dump_settings, settings_from_toml
+
+    settings = Settings(experiment=ExperimentSettings(profile="cpu", time_budget=3.0))
+    assert settings_from_toml(dump_settings(settings)) == settings
+    with pytest.raises(ConfigError, match=r"HEAD:autoresearch.toml: not valid TOML.*git checkout HEAD"):
+        settings_from_toml("[experiment\n", source="HEAD:autoresearch.toml")
+    with pytest.raises(ConfigError, match="from-env: unknown key"):
+        settings_from_toml("[policy]\nk_sigmaa = 1\n", source="from-env")

@@ -12,8 +12,10 @@ from torch import nn
 
 from autoresearch import records as R
 from autoresearch.evalservice import EvaluatorService
+from autoresearch.harness.evaluate import validation_spec
 from autoresearch.harness.export import export_model
-from autoresearch.runner import OK, evaluate_run
+from autoresearch.runner import OK, evaluate_run, evaluator_sandbox
+from autoresearch.sandbox import sandbox_available
 
 
 class Bigram(nn.Module):
@@ -38,9 +40,20 @@ def _submit(workspace, run_id: int, model: nn.Module):
     return run_dir
 
 
-@pytest.fixture
-def service(workspace):
-    svc = EvaluatorService(workspace.root, env=dict(os.environ), log_path=workspace.state_dir / "evaluator.log")
+def _service(workspace, *, sandboxed: bool = False, spec: dict | None = None) -> EvaluatorService:
+    spec = spec or validation_spec(workspace.settings.profile(), workspace.settings.experiment.data)
+    runs = workspace.state_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    wrap = evaluator_sandbox(spec["data"], spec["vocab_size"], [runs]) if sandboxed else None
+    return EvaluatorService(spec, folder=runs, env=dict(os.environ), log_path=workspace.state_dir / "evaluator.log",
+                            wrap=wrap)
+
+
+@pytest.fixture(params=["open", "sandboxed"])
+def service(workspace, request):
+    if request.param == "sandboxed" and not sandbox_available()[0]:
+        pytest.skip(sandbox_available()[1])
+    svc = _service(workspace, sandboxed=request.param == "sandboxed")
     svc.start()
     yield svc
     svc.close()
@@ -70,13 +83,13 @@ def test_a_program_that_writes_into_its_input_cannot_change_later_scores(workspa
 
 def test_a_service_that_cannot_start_falls_back_to_the_one_shot_evaluator(workspace):
     vocab = workspace.settings.profile().vocab_size
-    broken = EvaluatorService(workspace.state_dir, env=dict(os.environ),  # a folder without settings
-                              log_path=workspace.state_dir / "evaluator.log")
+    spec = validation_spec(workspace.settings.profile(), workspace.settings.experiment.data)
+    broken = _service(workspace, spec={**spec, "data": str(workspace.root / "no-such-data")})
     run_dir = _submit(workspace, 1, Bigram(vocab, seed=1))
     outcome = evaluate_run(workspace.root, run_dir, timeout=60, evaluator=broken)
     assert "exited" in broken.failure and broken.proc is None  # the service never answered
     assert outcome.status == OK and outcome.val_bpb == evaluate_run(workspace.root, run_dir, timeout=60).val_bpb
-    assert "autoresearch.toml not found" in (workspace.state_dir / "evaluator.log").read_text()
+    assert "no-such-data" in (workspace.state_dir / "evaluator.log").read_text()
 
 
 def test_a_dead_service_is_replaced_for_the_next_run(workspace, service):

@@ -120,3 +120,25 @@ def test_submission_must_exist_and_name_a_local_file(tmp_path):
     (tmp_path / "submission.json").write_text("[1]")
     with pytest.raises(SubmissionError, match="not a JSON object"):
         read_submission(tmp_path)
+
+
+class InPlace(Small):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        h.mul_(2)  # in place on an intermediate: fine once functionalised
+        self.calls += 1  # in place on a buffer: state, which the evaluator refuses
+        return self.head(h)
+
+
+def test_export_functionalises_the_program(tmp_path):
+    export(InPlace(), tmp_path)
+    program = torch.export.load(tmp_path / "model.pt2")
+    ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.mul.Tensor in ops
+    assert not any(a.alias_info is not None and a.alias_info.is_write
+                   for op in ops for a in op._schema.arguments)
+    assert list(program.graph_signature.buffers_to_mutate.values()) == ["model.calls"]

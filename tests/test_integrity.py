@@ -8,7 +8,7 @@ import pytest
 from autoresearch import records as R
 from autoresearch.agents.base import Proposal
 from autoresearch.harness import profiles
-from autoresearch.integrity import clock_reason, tamper_reason
+from autoresearch.integrity import tamper_reason
 from autoresearch.loop import Job, ResearchLoop
 from autoresearch.runner import OK, run_experiment
 
@@ -58,18 +58,18 @@ def test_validation_split_is_refused_to_training_code(workspace):
     "import time\n_real = time.monotonic\ntime.monotonic = lambda: _real() * 0.5\n",
     "import autoresearch.harness.api as H\nH.harness_training_seconds = lambda: 0.5\n",
 ])
-def test_monkeypatching_the_harness_is_invalid(workspace, patch):
+def test_monkeypatching_the_harness_is_refused(workspace, patch):
     text = _edit(workspace, "torch.manual_seed(SEED)", patch + "torch.manual_seed(SEED)")
     outcome = _run(workspace, text)
-    assert outcome.status == R.INVALID and "changed at run time" in outcome.reason
+    # a slowed clock makes the script train past its budget, which the runner's own clock sees;
+    # the other patches are noted by the harness
+    assert (outcome.status == R.INVALID and "changed at run time" in outcome.reason) or (
+        outcome.status == R.OVER_BUDGET and "after the" in outcome.reason), (outcome.status, outcome.reason)
 
 
-def test_slowed_harness_clock_is_caught_from_outside():
-    assert clock_reason({"process_seconds": 30.0, "harness_training_seconds": 20.0, "startup_seconds": 5.0},
-                        real_seconds=61.0) is not None  # a clock running at half speed
-    assert clock_reason({"process_seconds": 59.0, "harness_training_seconds": 50.0, "startup_seconds": 5.0},
-                        real_seconds=61.0) is None
+def test_a_changed_harness_is_named():
     assert tamper_reason({"tampered": ["time.monotonic"]}).endswith("time.monotonic")
+    assert tamper_reason({"tampered": []}) is None
 
 
 def test_training_past_the_budget_is_over_budget(workspace):
@@ -150,9 +150,9 @@ def test_sandboxed_training_cannot_read_the_validation_files(workspace):
     open_run = run_experiment(workspace.root, workspace.run_dir(1), workspace.settings.profile(), seed=1)
     assert "VAL BYTES" in open(open_run.log_path).read()  # without the sandbox the file is readable
     sealed = run_experiment(workspace.root, workspace.run_dir(2), workspace.settings.profile(), seed=2,
-                            sandbox_data="builtin")
+                            sandbox=True)
     assert sealed.status == R.CRASH and "VAL BYTES" not in open(sealed.log_path).read()
-    assert "Permission" in sealed.log_tail or "denied" in sealed.log_tail.lower()
+    assert "FileNotFoundError" in sealed.log_tail  # not even there
 
 
 def test_a_sandboxed_warm_launcher_keeps_its_runs_in_the_sandbox(workspace):
@@ -161,7 +161,8 @@ def test_a_sandboxed_warm_launcher_keeps_its_runs_in_the_sandbox(workspace):
     _peek_at_validation_in_train_py(workspace)
     with LoopServices(workspace, sandbox=True, warm_start="on") as services:
         sealed = run_experiment(workspace.root, workspace.run_dir(1), workspace.settings.profile(), seed=1,
-                                sandbox_data="builtin", launcher=services.launcher, evaluator=services.evaluator)
+                                sandbox=True, launcher=services.launcher, evaluator=services.evaluator,
+                                scratch_parent=services.scratch_parent)
     assert sealed.start == "warm"
     assert sealed.status == R.CRASH and "VAL BYTES" not in open(sealed.log_path).read()
-    assert "Permission" in sealed.log_tail or "denied" in sealed.log_tail.lower()
+    assert "FileNotFoundError" in sealed.log_tail

@@ -5,7 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoresearch.harness.metric import VAL_BPB, Metric, bits_per_byte, causality_probe
+import random
+
+from autoresearch.harness.metric import (
+    PROBE_CALLS,
+    VAL_BPB,
+    Metric,
+    bits_per_byte,
+    causality_probe,
+    plan_probe,
+    probe_input,
+    probed_bits_per_byte,
+)
 
 # token 0 is a special token (0 bytes), token 2 is a 3-byte token
 TOKEN_BYTES = torch.tensor([0, 1, 3, 2], dtype=torch.int32)
@@ -106,9 +117,65 @@ def test_probe_rejects_a_model_that_sees_one_future_token(dtype):
 
 def test_probe_rejects_a_model_that_reads_other_rows():
     with torch.no_grad():
-        result = causality_probe(Attend(rows=True), X)
-    assert not result.passed
-    assert "row 0" in result.detail
+        results = [causality_probe(Attend(rows=True), X, seed=seed) for seed in range(5)]
+    assert not any(r.passed for r in results)
+    assert any("reads other rows" in r.detail for r in results)
+
+
+class FirstTokenOfNextRow(nn.Module):
+    """Causal within a row, but every position also sees the next row's first token: a
+    probe that never changes position 0 cannot see it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(64, 16), nn.Linear(16, 64)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        return self.head(h + h[:, :1].roll(-1, dims=0))
+
+
+def test_probe_replaces_whole_rows_too():
+    with torch.no_grad():
+        for seed in range(5):
+            assert not causality_probe(FirstTokenOfNextRow(), X, seed=seed).passed
+
+
+def test_probe_inputs_are_validation_rows_that_hide_the_original_future():
+    batch, seq_len = 8, 16
+    x = torch.arange(batch * seq_len).view(batch, seq_len)  # every token unique: easy to trace
+    plan = plan_probe(batch, seq_len, random.Random(0), calls=3)
+    cuts = sorted(t for call in plan for t in call.cuts if t < seq_len - 1)
+    assert len(cuts) == 3 * 6 and cuts[0] == -1 and cuts[-1] == seq_len - 2  # two kept rows per pass
+    for call in plan:
+        kept = call.kept(seq_len)
+        probe = probe_input(x, call)
+        assert len(kept) == 2 and all(torch.equal(probe[b], x[b]) for b in kept)
+        for b, t in enumerate(call.cuts):
+            if b in kept:
+                continue
+            assert call.donors[b] in kept
+            assert torch.equal(probe[b, :t + 1], x[b, :t + 1])
+            assert torch.equal(probe[b, t + 1:], x[call.donors[b], t + 1:])
+            assert not torch.isin(x[b, t + 1:], probe).any()  # its own future is nowhere in the input
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        plan_probe(1, seq_len, random.Random(0))
+
+
+def test_probed_scoring_runs_the_probe_among_the_scoring_calls():
+    model, calls = Attend(), []
+    data = [(X + i, (X + i + 1) % 64) for i in range(5)]
+
+    def fn(x):
+        calls.append(x)
+        return model(x % 64)
+
+    with torch.no_grad():
+        bpb, probe = probed_bits_per_byte(fn, data, torch.ones(64, dtype=torch.int32), seed=3)
+        plain = bits_per_byte(lambda x: model(x % 64), data, torch.ones(64, dtype=torch.int32))
+    assert probe.passed and probe.max_diff == 0.0 and bpb == plain
+    assert len(calls) == len(data) + PROBE_CALLS
 
 
 class LeakAt(nn.Module):
@@ -140,7 +207,7 @@ def test_probe_reuses_a_given_reference():
 
     with torch.no_grad():
         result = causality_probe(fn, X, reference=model(X))
-    assert result.passed and len(calls) == 1
+    assert result.passed and len(calls) == PROBE_CALLS
 
 
 def test_probe_fails_on_nan_logits():

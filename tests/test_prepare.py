@@ -137,3 +137,85 @@ def test_failed_prepare_leaves_nothing_that_looks_ready(cache, monkeypatch):
 def test_bad_vocab_size(cache):
     with pytest.raises(DataError):
         prepare("builtin", 70000, progress=False)
+
+
+# --- integrity: the manifest in DONE and verify_prepared ------------------------------------------
+import hashlib
+import json
+import os
+import shutil
+
+from autoresearch.harness.prepare import DONE_FILE, PreparedData, verify_prepared
+
+
+def test_done_records_the_hash_and_size_of_every_file(builtin_512):
+    data, _, _ = builtin_512
+    files = data.info()["files"]
+    assert sorted(files) == sorted(p.name for p in data.root.iterdir() if p.name != DONE_FILE)
+    token_file = data.root / "train.tokens"
+    assert files["train.tokens"] == {"sha256": hashlib.sha256(token_file.read_bytes()).hexdigest(),
+                                     "size": token_file.stat().st_size}
+
+
+@pytest.fixture
+def small_files(cache, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"{i}.txt").write_text(f"Note {i}: the dog ran to the park number {i}. " * 4)
+    return str(folder)
+
+
+def _flip_a_byte_keeping_size_and_mtime(path):
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back; ctime cannot be
+
+
+def test_a_tampered_token_file_is_caught_and_a_rebuild_restores_it(small_files, monkeypatch):
+    data = prepare(small_files, 300, progress=False, workers=1)
+    assert verify_prepared(data) == []
+    hashed = []
+    real = prep._sha256_file
+    monkeypatch.setattr(prep, "_sha256_file", lambda p: hashed.append(p.name) or real(p))
+    assert verify_prepared(data) == [] and hashed == []  # repeat calls only stat the files
+
+    _flip_a_byte_keeping_size_and_mtime(data.root / "val.tokens")
+    problems = verify_prepared(data)
+    assert hashed == ["val.tokens"]
+    assert len(problems) == 1 and "val.tokens has changed" in problems[0] and "autoresearch prepare" in problems[0]
+
+    shutil.rmtree(data.root)  # what the message tells the user to do
+    again = prepare(small_files, 300, progress=False, workers=1)
+    prep._PINNED.pop(again.root, None)  # a fresh process would not know the old manifest
+    assert verify_prepared(again) == []
+
+
+def test_rewriting_the_manifest_too_is_caught_by_the_pinned_copy(small_files):
+    data = prepare(small_files, 300, progress=False, workers=1)
+    assert verify_prepared(data) == []
+    (data.root / "train.tokens").write_bytes(b"\0\1" * 50)
+    info = data.info()
+    info["files"]["train.tokens"] = {"sha256": hashlib.sha256(b"\0\1" * 50).hexdigest(), "size": 100}
+    (data.root / DONE_FILE).write_text(json.dumps(info))
+    (data.root / "extra.py").write_text("planted")
+    problems = " | ".join(verify_prepared(data))
+    assert "recorded file hashes changed" in problems and "train.tokens has 100 bytes" in problems
+    assert "extra.py was added" in problems
+
+
+def test_data_from_an_older_version_says_to_prepare_again(small_files):
+    data = prepare(small_files, 300, progress=False, workers=1)
+    info = data.info()
+    del info["files"]
+    (data.root / DONE_FILE).write_text(json.dumps(info))
+    assert load_prepared(small_files, 300) == data  # still loads: checking is separate and optional
+    problems = verify_prepared(PreparedData(data.root, 300))
+    assert len(problems) == 1 and "older autoresearch" in problems[0]
+    assert f"autoresearch prepare --data {small_files}" in problems[0]
+    rebuilt = prepare(small_files, 300, progress=False, workers=1)  # as the message says
+    prep._PINNED.pop(rebuilt.root, None)
+    assert "files" in rebuilt.info() and verify_prepared(rebuilt) == []
+    assert [p.name for p in rebuilt.root.parent.iterdir()] == [rebuilt.root.name]  # nothing left aside

@@ -88,17 +88,39 @@ def test_warm_failures_are_recorded_like_cold_ones(tmp_path, launcher):
 
 
 @linux_only
+def test_a_double_forked_daemon_of_a_warm_run_ends_with_it(tmp_path, launcher):
+    pid_file, marker = tmp_path / "daemon.pid", tmp_path / "marker"
+    (tmp_path / "train.py").write_text(
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "        time.sleep(3)\n"
+        f"        open({str(marker)!r}, 'w').write('outlived its run')\n"
+        "        time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(1)\n")
+    outcome = run_experiment(tmp_path, tmp_path / "run", FAST, seed=7, launcher=launcher)
+    assert outcome.start == "warm"
+    time.sleep(3.5)
+    pid = int(pid_file.read_text())
+    assert (not os.path.exists(f"/proc/{pid}") or _zombie(pid)) and not marker.exists()
+
+
+@linux_only
 def test_a_hung_warm_run_is_killed_with_its_children(tmp_path, launcher):
+    pid_file = tmp_path / "child.pid"
     script = ("import subprocess, sys, time\n"
               "child = subprocess.Popen(['sleep', '60'])\n"
-              "open('child.pid', 'w').write(str(child.pid))\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
               "time.sleep(60)\n")
     (tmp_path / "train.py").write_text(script)
     started = time.monotonic()
     outcome = run_experiment(tmp_path, tmp_path / "run", FAST, seed=7, launcher=launcher)
     assert outcome.start == "warm" and outcome.status == R.TIMEOUT
     assert time.monotonic() - started < 15
-    pid = int((tmp_path / "child.pid").read_text())
+    pid = int(pid_file.read_text())
     time.sleep(0.5)
     assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), "the run's whole group must be stopped"
 

@@ -18,6 +18,16 @@ def _add_workspace(p: argparse.ArgumentParser, default=None) -> None:
                    help="the research workspace (default: the current folder)")
 
 
+def _add_sandbox(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--sandbox", dest="sandbox", action="store_true", default=None,
+                       help="require the sandbox (the default wherever it works: Linux with bubblewrap or "
+                            "user namespaces): runs and the evaluator without network, with an allow-listed "
+                            "filesystem that holds neither the validation data nor the workspace")
+    group.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                       help="run without the sandbox (see THREATS.md for what is then not guaranteed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__)
     parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
@@ -41,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run train.py once under the budget and evaluate it (sealed)")
     _add_workspace(p)
     p.add_argument("--seed", type=int, default=42, help="seed passed to train.py")
-    p.add_argument("--sandbox", action="store_true",
-                   help="Linux: train without network and without read access to the validation files")
+    _add_sandbox(p)
 
     p = sub.add_parser("run", help="the research loop: propose, run, evaluate, keep or discard, repeat")
     _add_workspace(p)
@@ -59,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="command agent: a preset (claude, codex, aider, gemini) or a template with {prompt}")
     p.add_argument("--max-cost", type=float, default=None, help="stop when the LLM cost reaches this many USD")
     p.add_argument("--max-tokens", type=int, default=None, help="stop when the LLM tokens reach this many")
-    p.add_argument("--sandbox", action="store_true",
-                   help="Linux: run training without network and without read access to the validation files")
+    _add_sandbox(p)
     p.add_argument("--cold-start", action="store_true",
                    help="start every run in a fresh interpreter (default: fork runs from a pre-warmed launcher "
                         "on Linux without a GPU; see warm_start in autoresearch.toml)")
@@ -113,11 +121,15 @@ def cmd_train(args) -> int:
     from autoresearch.runner import OK, run_experiment
     from autoresearch.workspace import Workspace
 
+    from autoresearch.loop import sandbox_choice
+
     ws = Workspace.open(args.workspace)
+    sandbox, why_not = sandbox_choice(args.sandbox)
+    if not sandbox and args.sandbox is None:
+        print(f"note: training without the sandbox: {why_not}", file=sys.stderr)
     run_dir = ws.state_dir / "runs" / time.strftime("train-%Y%m%d-%H%M%S")
-    outcome = run_experiment(ws.root, run_dir, ws.settings.profile(), seed=args.seed,
-                             target=ws.settings.experiment.target, on_line=print,
-                             sandbox_data=ws.settings.experiment.data if args.sandbox else None)
+    outcome = run_experiment(ws.root, run_dir, ws.settings.profile(), seed=args.seed, settings=ws.settings,
+                             target=ws.settings.experiment.target, on_line=print, sandbox=sandbox)
     print(outcome.summary)
     print(f"log: {outcome.log_path}")
     return 0 if outcome.status == OK else 1
@@ -141,7 +153,7 @@ def _open_loop(args, view=None, stop_event=None):
     return ResearchLoop(ws, agent, view=view, max_experiments=getattr(args, "max_experiments", None),
                         hours=getattr(args, "hours", None), stop_event=stop_event,
                         max_cost=getattr(args, "max_cost", None), max_tokens=getattr(args, "max_tokens", None),
-                        sandbox=getattr(args, "sandbox", False),
+                        sandbox=getattr(args, "sandbox", None),
                         warm_start="off" if getattr(args, "cold_start", False) else None,
                         on_record=lambda records: _refresh_report(ws, records))
 
@@ -173,6 +185,9 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     loop = _open_loop(args, view=view, stop_event=stop)
+    if not loop.sandbox:
+        view.message(f"runs are not sandboxed: {loop.sandbox_why_not}. Without the sandbox a run can reach "
+                     "the validation data and the workspace; see THREATS.md")
     # drawn in the background: the plot is made while the next run starts, not before it
     reports = BackgroundRefresh(lambda records: _refresh_report(loop.ws, records))
     loop.on_record = reports.request

@@ -76,12 +76,17 @@ class GitRepo:
         self.root = Path(root)
 
     # --- running git --------------------------------------------------------------------
-    def _run(self, args, *, input: str | None = None) -> subprocess.CompletedProcess:
+    def _run(self, args, *, input: str | None = None, text: bool = True) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run(["git", *HARDENING, *args], cwd=self.root, capture_output=True, text=True,
+            return subprocess.run(["git", *HARDENING, *args], cwd=self.root, capture_output=True, text=text,
                                   input=input, env=_env())
         except FileNotFoundError:
-            raise GitError("git is not installed: install git (e.g. `apt-get install git`) and retry") from None
+            raise self._not_found() from None
+
+    def _not_found(self) -> GitError:
+        if not self.root.is_dir():
+            return GitError(f"{self.root} is not a folder: check the workspace path")
+        return GitError("git is not installed: install git (e.g. `apt-get install git`) and retry")
 
     def git(self, *args: str, check: bool = True, input: str | None = None, strip: bool = True) -> str:
         """Runs git hardened; refuses while .git/config holds keys the loop did not write."""
@@ -156,9 +161,14 @@ class GitRepo:
     def clear_hidden_flags(self) -> list[str]:
         """Clears skip-worktree and assume-unchanged; returns the paths that had either."""
         paths = self.hidden_paths()
-        if paths:
-            self.git("update-index", "-q", "--no-skip-worktree", "--no-assume-unchanged", "--", *paths)
+        self.unhide(paths)
         return paths
+
+    def unhide(self, paths: list[str]) -> None:
+        """Clears both flags on `paths`; one update-index call honours only the last of the two options."""
+        if paths:
+            self.git("update-index", "-q", "--no-skip-worktree", "--", *paths)
+            self.git("update-index", "-q", "--no-assume-unchanged", "--", *paths)
 
     # --- set-up -------------------------------------------------------------------------
     @classmethod
@@ -219,11 +229,7 @@ class GitRepo:
     def show_bytes(self, commit: str, path: str) -> bytes | None:
         """The exact committed bytes of `path`, or None when `commit` does not hold it."""
         self._refuse_untrusted_config()
-        try:
-            done = subprocess.run(["git", *HARDENING, "cat-file", "blob", f"{commit}:{path}"], cwd=self.root,
-                                  capture_output=True, env=_env())
-        except FileNotFoundError:
-            raise GitError("git is not installed: install git (e.g. `apt-get install git`) and retry") from None
+        done = self._run(["cat-file", "blob", f"{commit}:{path}"], text=False)
         return done.stdout if done.returncode == 0 else None
 
     def commit_exists(self, commit: str) -> bool:

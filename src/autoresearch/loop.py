@@ -70,7 +70,7 @@ class ResearchLoop:
         self.repo = workspace.repo
         self.ran = 0
         self.max_cost, self.max_tokens = max_cost, max_tokens
-        self.sandbox, self.sandbox_why_not = _sandbox_choice(sandbox)
+        self.sandbox, self.sandbox_why_not = sandbox_choice(sandbox)
         self.services = LoopServices(workspace, sandbox=self.sandbox, warm_start=warm_start)
         self.stop_reason = ""
 
@@ -279,6 +279,10 @@ class ResearchLoop:
             from autoresearch.live import follow_telemetry
 
             follower = follow_telemetry(run_dir / TELEMETRY_FILE, self.view, done)
+        problems = self._data_problems()
+        if problems:
+            raise LoopError("the prepared data is not as it was prepared (" + "; ".join(problems[:3]) +
+                            "): run `autoresearch prepare` again, then restart the loop")
         guard = self._guard()
         try:
             outcome = run_experiment(self.ws.root, run_dir, self.ws.settings.profile(), seed=record.seed,
@@ -292,11 +296,25 @@ class ResearchLoop:
             if follower is not None:
                 follower.join(timeout=2)
         record.extra.update(start=outcome.start, sandbox=outcome.sandbox, timing=outcome.timing)
-        changed = guard.check_and_restore() if guard is not None else []
-        if changed:  # the run reached into the workspace: whatever it measured is not a result
+        data = self._data_problems()
+        changed = guard.check_and_restore() + data
+        if changed:  # the run reached outside its folder: whatever it measured is not a result
             outcome.status = R.INVALID
-            outcome.reason = "the run changed the workspace: " + "; ".join(changed[:5])
+            outcome.reason = "the run changed what it must not: " + "; ".join(changed[:5])
+        if guard.code_changed or data:  # nothing later could be trusted: stop, say what to repair
+            self.stop_reason = f"stopped: {outcome.reason}"
         return outcome
+
+    def _data_problems(self) -> list[str]:
+        """The prepared data checked against its manifest (cheap unless a file changed)."""
+        from autoresearch.harness.prepare import load_prepared, verify_prepared
+
+        settings = self.ws.settings
+        try:
+            problems = verify_prepared(load_prepared(settings.experiment.data, settings.profile().vocab_size))
+        except Exception as error:  # missing or unreadable: the run itself reports it
+            return [f"the prepared data cannot be checked: {error}"]
+        return [f"prepared data: {p}" for p in problems]
 
     def _guard(self):
         from autoresearch.guard import WorkspaceGuard
@@ -508,7 +526,7 @@ class ResearchLoop:
         return len(recent) == 5 and all(r.status == R.FAILED_PROPOSAL for r in recent)
 
 
-def _sandbox_choice(wanted: bool | None) -> tuple[bool, str]:
+def sandbox_choice(wanted: bool | None) -> tuple[bool, str]:
     """(use the sandbox, why not): on wherever it works unless turned off; asked for and
     missing is an error that says what to install."""
     from autoresearch.sandbox import SandboxUnavailable, sandbox_available

@@ -55,3 +55,19 @@ def tree_cpu_seconds(pid: int) -> float | None:
     if pid not in table:
         return None
     return table[pid][1] + sum(table[child][1] for child in descendants(pid, table))
+
+
+def host_pid(ns_pid: int, ancestor: int) -> int | None:
+    """The pid, as this process sees it, of the descendant of `ancestor` that is `ns_pid` in its
+    own PID namespace (a process in a sandbox knows only its namespace's pids)."""
+    for pid in descendants(ancestor):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        if int(line.split()[-1]) == ns_pid:
+                            return pid
+                        break
+        except (OSError, ValueError):
+            continue
+    return None

@@ -362,7 +362,7 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
         clock = RunClock(scratch.events)
         process, start = _start(scratch, target, env, log, settings, profile, sandbox=sandbox,
                                 launcher=launcher, on_line=on_line, pid_file=run_dir / PID_FILE)
-        clock.attach(process.pid)
+        clock.attach(process.host_pid() if hasattr(process, "host_pid") else process.pid)
         code, train_wall = _supervise(process, limit=profile.time_budget + profile.startup_allowance,
                                       stop_event=stop_event)
         timing = clock.finish(exit_cpu=getattr(process, "exit_cpu", None))

@@ -27,7 +27,7 @@ from autoresearch.runclock import Timing
 STEP_TOLERANCE_S = 0.5  # heartbeat delivery and scheduling noise, on top of ...
 STEP_TOLERANCE_SHARE = 0.02  # ... 2% of the budget
 LAST_STEP_FACTOR = 3.0  # the last step and the call to submit(): up to 3 typical steps
-LAST_STEP_MIN_S = 1.0
+LAST_STEP_MIN_S = 2.0  # a loaded machine may stall a process this long between two statements
 STARTUP_FACTOR = 1.5  # start-up may cost 1.5x the baseline's CPU ...
 STARTUP_SLACK_SHARE = 0.03  # ... plus 3% of the budget in CPU seconds per core
 EXPORT_FACTOR = 3.0

@@ -80,6 +80,15 @@ class WarmProcess:
     def __init__(self, starter: "WarmStarter", pid: int, generation: int):
         self.starter, self.pid, self.generation = starter, pid, generation
 
+    def host_pid(self) -> int | None:
+        """The run's pid outside the launcher's sandbox (the same pid when there is none)."""
+        if not self.starter.sandboxed:
+            return self.pid
+        from autoresearch.proctree import host_pid
+
+        proc = self.starter.proc
+        return None if proc is None else host_pid(self.pid, proc.pid)
+
     @property
     def exit_cpu(self) -> float | None:
         """CPU seconds of the run and what it waited for, as the launcher reaped it."""
@@ -111,6 +120,7 @@ class WarmStarter:
         self.folder = Path(folder)  # its working folder: the scratch root, never the workspace
         self.env = dict(env)
         self.log_path = Path(log_path)
+        self.sandboxed = wrap is not None  # then its pids are those of the sandbox's PID namespace
         self.wrap = wrap or (lambda cmd: cmd)  # the sandbox, when the loop uses one
         self.proc: subprocess.Popen | None = None
         self.ready = threading.Event()

@@ -151,7 +151,7 @@ class Workspace:
             return []
         repo, notes = self.repo, []
         if CONFIG_NAME in repo.hidden_paths():
-            repo.git("update-index", "-q", "--no-skip-worktree", "--no-assume-unchanged", "--", CONFIG_NAME)
+            repo.unhide([CONFIG_NAME])
             notes.append(f"{CONFIG_NAME} was hidden from git (skip-worktree/assume-unchanged): flag cleared")
         if repo.git("rev-parse", f":{CONFIG_NAME}", check=False) != repo.git("rev-parse", f"HEAD:{CONFIG_NAME}"):
             repo.git("reset", "-q", "HEAD", "--", CONFIG_NAME)

@@ -214,9 +214,9 @@ def tampering() -> list[str]:
 
 def submit(model, **stats) -> None:
     """Hands the trained model to the evaluator. Call once, at the end of train.py."""
+    _heartbeat(b"e")  # first: training is over; what follows is the export
     from autoresearch.harness import export as export_mod
 
-    _heartbeat(b"e")
     account = _account_stats(stats)
     account["tampered"] = tampering()
     if _telemetry_file is not None:

@@ -69,6 +69,8 @@ def _check_signature(signature) -> None:
     if signature.user_inputs_to_mutate:
         raise UnsafeProgram("the program writes into its input: a program may not change what it is fed")
     for spec in signature.input_specs:
+        if spec.kind == InputKind.TOKEN:  # export threads these through ops with effects
+            raise UnsafeProgram(f"input {spec.arg.name} is an effect token: the program has side effects")
         if spec.kind not in PLAIN_INPUTS:
             raise UnsafeProgram(f"input {spec.arg.name} is a {spec.kind.name}: only tensors may go in")
     for spec in signature.output_specs:

@@ -2,10 +2,17 @@
 
 Both take a `logits_fn(x) -> logits [B, T, V]`, so the same code scores a live model
 and a program loaded from a sealed file.
+
+The probe compares the logits a program gives for a validation batch with those it
+gives when the batch's future tokens are swapped for other validation text: a causal
+program's earlier logits do not move. Probe inputs are made of real validation rows
+only, and the probe calls are slipped in among the scoring calls at random, so a
+program (which graphcheck keeps free of state) has nothing to tell them apart by.
 """
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -19,7 +26,7 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 # 2 * PROBE_ATOL nats per token from looking ahead. A causal program moves them by
 # exactly zero (same kernels, same prefix), in fp32 and under bf16 autocast alike.
 PROBE_ATOL = 1e-4
-PROBE_SEED = 4321
+PROBE_CALLS = 2  # extra forward passes per evaluation, each testing many cut positions
 
 
 @dataclass(frozen=True)
@@ -98,55 +105,171 @@ def bits_per_byte(
     return BpbResult(total_nats / (math.log(2) * total_bytes), total_nats, total_bytes, tokens)
 
 
+
+@dataclass(frozen=True)
+class ProbeCall:
+    """One probe pass: row b keeps its tokens up to cuts[b] and continues with the tokens
+    of row donors[b] at the same positions. A cut of seq_len - 1 keeps the row whole;
+    a cut of -1 replaces it all."""
+
+    cuts: tuple[int, ...]
+    donors: tuple[int, ...]
+
+    def kept(self, seq_len: int) -> list[int]:
+        return [b for b, t in enumerate(self.cuts) if t >= seq_len - 1]
+
+
+def plan_probe(batch: int, seq_len: int, rng: random.Random, *, calls: int = PROBE_CALLS,
+               positions: Iterable[int] | None = None) -> list[ProbeCall]:
+    """Which rows each probe pass keeps whole and where the others are cut.
+
+    A quarter of the rows (at least one) stays whole in each pass and donates its text
+    to the others: a row's own future then appears nowhere in the probe input, so no
+    program can rebuild the original batch from it, and a kept row whose logits move
+    reads other rows. The cuts spread over [-1, seq_len - 2] (or cycle through
+    `positions`) and go to random rows.
+    """
+    if batch < 2 or seq_len < 2:
+        raise ValueError(f"the causality probe needs batches of at least 2 rows of 2 tokens, got "
+                         f"[{batch}, {seq_len}]")
+    kept_per_call = max(1, batch // 4)
+    count = max(calls, 1) * (batch - kept_per_call)
+    if positions is None:
+        cuts = [round(-1 + i * (seq_len - 1) / max(count - 1, 1)) for i in range(count)]
+    else:
+        wanted = [min(max(int(t), -1), seq_len - 2) for t in positions] or [0]
+        cuts = [wanted[i % len(wanted)] for i in range(count)]
+    rng.shuffle(cuts)
+    plan = []
+    for _ in range(max(calls, 1)):
+        rows = rng.sample(range(batch), batch)
+        kept, spliced = rows[:kept_per_call], rows[kept_per_call:]
+        row_cuts, donors = [seq_len - 1] * batch, list(range(batch))
+        for b in spliced:
+            row_cuts[b], donors[b] = cuts.pop(), rng.choice(kept)
+        plan.append(ProbeCall(tuple(row_cuts), tuple(donors)))
+    return plan
+
+
+def _future_mask(call: ProbeCall, x: torch.Tensor) -> torch.Tensor:
+    cut = torch.tensor(call.cuts, device=x.device).unsqueeze(1)
+    return torch.arange(x.shape[1], device=x.device).unsqueeze(0) > cut
+
+
+def probe_input(x: torch.Tensor, call: ProbeCall) -> torch.Tensor:
+    """x with each row's tokens after its cut taken from its donor row: natural text."""
+    donors = torch.tensor(call.donors, device=x.device)
+    return torch.where(_future_mask(call, x), x[donors], x)
+
+
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-position max |a - b| over the vocabulary; equal infinities count as equal."""
     diff = torch.where(a == b, torch.zeros_like(a), (a - b).abs())
     return diff.amax(dim=-1)
 
 
+class CausalityProbe:
+    """The probe passes for one validation batch and what they found."""
+
+    def __init__(self, x: torch.Tensor, plan: list[ProbeCall], atol: float = PROBE_ATOL):
+        self.x = x.clone()  # the probe inputs are built from the batch as it was given
+        self.plan = plan
+        self.atol = atol
+        self.found: list[tuple[float, int, int]] = []  # (max diff, pass, row) per pass
+
+    def run(self, logits_fn: LogitsFn, index: int, reference: torch.Tensor) -> None:
+        """Pass `index` of the plan; `reference` is logits_fn(x) from the scoring pass."""
+        call = self.plan[index]
+        logits = logits_fn(probe_input(self.x, call))
+        if logits.shape != reference.shape:
+            raise ValueError(f"the probe pass gave logits of shape {list(logits.shape)}, the scoring "
+                             f"pass {list(reference.shape)}")
+        future = _future_mask(call, self.x).to(logits.device)
+        diff = _max_abs_diff(logits, reference).masked_fill(future, 0.0).amax(dim=1)
+        if torch.isnan(diff).any():
+            self.found.append((math.nan, index, int(torch.isnan(diff).int().argmax())))
+        else:
+            self.found.append((float(diff.max()), index, int(diff.argmax())))
+
+    def result(self) -> ProbeResult:
+        if len(self.found) != len(self.plan):
+            raise RuntimeError(f"the probe ran {len(self.found)} of its {len(self.plan)} passes")
+        nan = [f for f in self.found if math.isnan(f[0])]
+        worst, index, row = nan[0] if nan else max(self.found)
+        seq_len = self.x.shape[1]
+        cuts = sorted({t for call in self.plan for t in call.cuts if t < seq_len - 1})
+        kept = len(self.plan[0].kept(seq_len))
+        where = f"pass {index}, row {row}"
+        if row in self.plan[index].kept(seq_len):
+            where += ", a row kept whole: it reads other rows"
+        detail = (f"{len(self.plan)} pass(es), rows continued with other rows' text after positions "
+                  f"{cuts}, {kept} row(s) per pass kept whole: earlier logits moved by up to "
+                  f"{worst:.3g} ({where})")
+        passed = not math.isnan(worst) and worst <= self.atol
+        verdict = "passed: " if passed else f"FAILED (atol {self.atol:g}): "
+        return ProbeResult(passed, worst, verdict + detail)
+
+
 def causality_probe(
     logits_fn: LogitsFn,
     x: torch.Tensor,
     *,
+    calls: int = PROBE_CALLS,
     positions: Iterable[int] | None = None,
     atol: float = PROBE_ATOL,
-    vocab_size: int | None = None,
     reference: torch.Tensor | None = None,
+    seed: int | None = None,
 ) -> ProbeResult:
-    """Check that logits at positions <= t do not depend on tokens after t.
+    """Check that logits at positions <= t of a row depend on nothing but its tokens up to t.
 
-    One extra forward pass: row b of a copy of `x` keeps its tokens up to a cut t_b and
-    gets different tokens after it, and its logits up to t_b must not move. The cuts
-    spread over the sequence (or cycle through `positions`). With more than one row,
-    row 0 keeps all its tokens and must not move at all: rows of a batch may be
-    consecutive text, so a row must not see its neighbours. A leak confined to
-    positions that no cut hits goes unseen; a look-ahead in the attention pattern
-    shows at every cut. `reference` is logits_fn(x) when the caller already has it.
+    Runs the probe passes for batch `x` one after another; `reference` is logits_fn(x)
+    when the caller already has it. `seed` fixes the plan (default: unpredictable).
     """
-    batch, seq_len = x.shape
-    if seq_len < 2:
-        raise ValueError("the causality probe needs sequences of at least 2 tokens")
-    base = logits_fn(x) if reference is None else reference
-    vocab = vocab_size or base.shape[-1]
-    probed_rows = range(1, batch) if batch > 1 else range(1)
-    if positions is None:
-        n = len(probed_rows)
-        wanted = [round(i * (seq_len - 2) / max(n - 1, 1)) for i in range(n)]
-    else:
-        wanted = [min(max(int(t), 0), seq_len - 2) for t in positions] or [0]
-    cuts = [seq_len - 1] * batch  # seq_len - 1: the row is left as it is
-    for i, b in enumerate(probed_rows):
-        cuts[b] = wanted[i % len(wanted)]
-    gen = torch.Generator().manual_seed(PROBE_SEED)
-    shift = torch.randint(1, vocab, x.shape, generator=gen).to(x.device)
-    changed = (x + shift) % vocab  # differs from x at every position
-    cut = torch.tensor(cuts, device=x.device).unsqueeze(1)
-    future = torch.arange(seq_len, device=x.device).unsqueeze(0) > cut
-    diff = _max_abs_diff(logits_fn(torch.where(future, changed, x)), base).masked_fill(future, 0.0)
-    worst = float(diff.max())
-    row = int(diff.amax(dim=1).argmax())
-    detail = (f"tokens changed after positions {sorted(set(cuts[b] for b in probed_rows))}"
-              f"{' (row 0 kept whole)' if batch > 1 else ''}: earlier logits moved by up to "
-              f"{worst:.3g} (row {row})")
-    passed = not math.isnan(worst) and worst <= atol
-    return ProbeResult(passed, worst, ("passed: " if passed else f"FAILED (atol {atol:g}): ") + detail)
+    probe = CausalityProbe(x, plan_probe(*x.shape, random.Random(seed), calls=calls,
+                                         positions=positions), atol)
+    reference = logits_fn(x) if reference is None else reference
+    for index in range(len(probe.plan)):
+        probe.run(logits_fn, index, reference)
+    return probe.result()
+
+
+def probed_bits_per_byte(
+    logits_fn: LogitsFn,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    token_bytes,
+    *,
+    calls: int = PROBE_CALLS,
+    atol: float = PROBE_ATOL,
+    seed: int | None = None,
+) -> tuple[BpbResult, ProbeResult]:
+    """bits_per_byte over `batches` with the causality probe slipped into the scoring pass.
+
+    The probe takes a random batch, and its passes run at random points after that
+    batch was scored, through the same logits_fn; their reference is the batch's own
+    scoring logits. `seed` fixes the choices (default: unpredictable).
+    """
+    if not batches:
+        raise ValueError("no validation batches")
+    rng = random.Random(seed)
+    source = rng.randrange(len(batches))
+    x = batches[source][0]
+    probe = CausalityProbe(x, plan_probe(*x.shape, rng, calls=calls), atol)
+    after = sorted(rng.randint(source, len(batches) - 1) for _ in probe.plan)
+    calls_made = 0
+    reference = None
+
+    def scoring(batch_x: torch.Tensor) -> torch.Tensor:
+        nonlocal calls_made, reference
+        index, calls_made = calls_made, calls_made + 1
+        logits = logits_fn(batch_x)
+        if index == source:
+            reference = logits
+        for k, slot in enumerate(after):
+            if slot == index:
+                probe.run(logits_fn, k, reference)
+        if index == after[-1]:
+            reference = None  # not held longer than needed: it can be gigabytes
+        return logits
+
+    bpb = bits_per_byte(scoring, batches, token_bytes)
+    return bpb, probe.result()

@@ -6,6 +6,9 @@ Layout under cache_root():
     datasets/<dataset_id>/v<vocab>/{train,val}.*   token files (see tokens.py)
     datasets/<dataset_id>/v<vocab>/DONE            written last; its presence = ready
 
+DONE also records the sha256 and size of every other file in the folder ("files"), so
+verify_prepared() can tell whether anything (a training run, say) changed the data since.
+
 The v<vocab> folder is built under a temporary name and renamed into place, so a crash
 or a concurrent prepare never leaves a half-made dataset that looks finished.
 """
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -41,6 +45,8 @@ from autoresearch.harness.tokens import MAX_VOCAB, TokenFile, TokenWriter
 from autoresearch.paths import cache_root
 
 DONE_FILE = "DONE"
+MANIFEST_KEY = "files"  # in DONE: {name: {"sha256": ..., "size": ...}} of every other file
+HASH_CHUNK = 1 << 20
 ENCODE_BATCH_CHARS = 8_000_000  # text handed to the encoder per batched call
 
 
@@ -110,6 +116,86 @@ def load_prepared(source: str, vocab_size: int) -> PreparedData:
     return PreparedData(root, vocab_size)
 
 
+# --- integrity of prepared data ----------------------------------------------------------------
+_HASHES: dict[Path, tuple] = {}  # path -> (stat key, sha256) from the last full hash
+_PINNED: dict[Path, dict] = {}  # folder -> the manifest this process saw first
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    # ctime changes on every write and a user cannot set it back, unlike mtime
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict:
+    return {p.name: {"sha256": _sha256_file(p), "size": p.stat().st_size}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != DONE_FILE}
+
+
+def _has_manifest(root: Path) -> bool:
+    try:
+        return bool(json.loads((root / DONE_FILE).read_text()).get(MANIFEST_KEY))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_file(path: Path, want: dict) -> str | None:
+    """None when `path` still has the recorded size and hash; rehashes only when its stat changed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path.name} is not a regular file (a link or folder was put in its place)"
+    if st.st_size != want.get("size"):
+        return f"{path.name} has {st.st_size} bytes, {want.get('size')} were recorded"
+    key = _stat_key(st)  # taken before hashing: a write during the hash changes it for next time
+    cached = _HASHES.get(path)
+    digest = cached[1] if cached and cached[0] == key else _sha256_file(path)
+    _HASHES[path] = (key, digest)
+    if digest != want.get("sha256"):
+        return f"{path.name} has changed since it was prepared (sha256 {digest[:12]}, recorded {str(want.get('sha256'))[:12]})"
+    return None
+
+
+def verify_prepared(prepared: PreparedData) -> list[str]:
+    """Problems with the prepared files (empty when intact), checked against DONE's manifest.
+
+    The first call hashes every file; later calls only stat them unless one changed. The
+    manifest itself is pinned in memory at first sight, so a run that rewrote both a token
+    file and DONE is still caught by a long-lived process such as the loop.
+    """
+    root = prepared.root
+    try:
+        info = json.loads((root / DONE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        return [f"{root / DONE_FILE} cannot be read ({e}): delete {root} and re-run `autoresearch prepare`"]
+    command = prepare_command(info.get("source") or "<your --data>", prepared.vocab_size)
+    files = info.get(MANIFEST_KEY)
+    if not isinstance(files, dict) or not files:
+        return [f"{root} was prepared by an older autoresearch that recorded no file hashes, so it cannot be "
+                f"checked: re-run `{command}` (it rebuilds the data with a manifest)"]
+    pinned = _PINNED.setdefault(root, files)
+    problems = []
+    if files != pinned:
+        problems.append(f"{root / DONE_FILE}: its recorded file hashes changed while this process used the data")
+    for name, want in sorted(pinned.items()):
+        problem = _check_file(root / name, want)
+        if problem:
+            problems.append(problem)
+    for path in sorted(root.iterdir()):
+        if path.name not in pinned and path.name != DONE_FILE:
+            problems.append(f"{path.name} was added after the data was prepared")
+    return [f"{root}: {p}; delete that folder and re-run `{command}`" for p in problems]
+
+
 def _documents(src: Source, split: str, raw_dir: Path, num_train_shards: int) -> Iterator[str]:
     if src.kind == BUILTIN:
         return builtin_documents(split)
@@ -172,8 +258,9 @@ def prepare(
         raise DataError(f"vocab_size must be between 260 and {MAX_VOCAB}, got {vocab_size}")
     src = parse_source(source)
     final = prepared_dir(source, vocab_size)
-    if (final / DONE_FILE).is_file():
+    if _has_manifest(final):
         return PreparedData(final, vocab_size)
+    # no DONE, or one from an older version without file hashes: (re)build
 
     raw_dir = dataset_dir(source) / "raw"
     started = time.monotonic()
@@ -209,6 +296,7 @@ def prepare(
             "num_train_shards": num_train_shards if src.kind == CLIMBMIX else None,
             "splits": counts,
             "seconds": round(time.monotonic() - started, 2),
+            MANIFEST_KEY: _manifest(work),
         }
         (work / DONE_FILE).write_text(json.dumps(info, indent=2))
         _publish(work, final)
@@ -219,11 +307,17 @@ def prepare(
 
 
 def _publish(work: Path, final: Path) -> None:
-    """Rename the finished folder into place; a finished copy already there wins."""
-    if final.exists() and not (final / DONE_FILE).is_file():
-        shutil.rmtree(final, ignore_errors=True)  # leftovers of an interrupted run
+    """Rename the finished folder into place; a finished copy with a manifest already there wins."""
+    if final.exists() and not _has_manifest(final):
+        # leftovers of an interrupted run, or data from an older version: moved aside, then deleted
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        try:
+            os.rename(final, old / "data")
+        except FileNotFoundError:
+            pass  # a concurrent prepare moved it first
+        shutil.rmtree(old, ignore_errors=True)
     try:
         os.rename(work, final)
     except OSError:
-        if not (final / DONE_FILE).is_file():
+        if not _has_manifest(final):
             raise
