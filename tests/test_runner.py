@@ -5,9 +5,11 @@ import os
 import threading
 import time
 
+import pytest
+
 from autoresearch import records as R
 from autoresearch.harness.profiles import CPU
-from autoresearch.runner import run_experiment
+from autoresearch.runner import OK, run_experiment
 
 FAST = dataclasses.replace(CPU, time_budget=1.0, startup_allowance=2.0, eval_allowance=5.0)
 
@@ -162,3 +164,48 @@ def test_seed_and_run_dir_reach_the_script(tmp_path):
     _run(tmp_path, "import os\nprint(os.environ['AUTORESEARCH_SEED'], os.environ['AUTORESEARCH_MANAGED'])\n",
          on_line=lines.append)
     assert "7 1" in lines
+
+
+def _busy() -> None:
+    while True:
+        pass
+
+
+@pytest.mark.slow
+def test_honest_runs_are_accepted_on_a_busy_machine_and_a_slowed_clock_is_not(workspace):
+    """Two busy processes per core: the unchanged target is accepted every time, judged by the
+    runner's own clock; a run whose own clock runs at quarter speed trains four times its budget and is
+    refused. (bench/honest_under_load.py does the same with the template, 20 times.)"""
+    import multiprocessing
+
+    from autoresearch.loop import sandbox_choice
+    from autoresearch.services import LoopServices
+    from autoresearch.timing import references_from
+
+    sandbox, _ = sandbox_choice(None)
+    load = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(2 * len(os.sched_getaffinity(0)))]
+    services = LoopServices(workspace, sandbox=sandbox, warm_start="on").start()
+    for worker in load:
+        worker.start()
+    try:
+        accepted = []
+        for i in range(1, 4):
+            refs = {"warm": references_from(accepted)} if accepted else {}
+            outcome = run_experiment(workspace.root, workspace.run_dir(i), workspace.settings.profile(), seed=i,
+                                     settings=workspace.settings, sandbox=sandbox, launcher=services.launcher,
+                                     evaluator=services.evaluator, refs=refs,
+                                     scratch_parent=services.scratch_parent)
+            assert outcome.status == OK, (outcome.status, outcome.reason)
+            accepted.append(outcome.timing)
+        text = (workspace.root / "train.py").read_text()
+        slowed = text.replace("import time\n", "import time\n_real = time.monotonic\n_t0 = _real()\n"
+                              "time.monotonic = lambda: _t0 + (_real() - _t0) * 0.25\n", 1)
+        cheat = run_experiment(workspace.root, workspace.run_dir(9), workspace.settings.profile(), seed=9,
+                               settings=workspace.settings, files={"train.py": slowed.encode()}, sandbox=sandbox,
+                               launcher=services.launcher, evaluator=services.evaluator,
+                               refs={"warm": references_from(accepted)}, scratch_parent=services.scratch_parent)
+        assert cheat.status == R.OVER_BUDGET, (cheat.status, cheat.reason)
+    finally:
+        for worker in load:
+            worker.kill()
+        services.close()

@@ -28,8 +28,9 @@ def mechanism(request):
     return request.param
 
 
-def run_wrapped(mechanism, code: str, *, hidden=(), writable=(), cwd=None, env=None):
-    cmd = S.wrap_command([PY, "-c", code], hidden_paths=list(hidden), writable=list(writable), mechanism=mechanism)
+def run_wrapped(mechanism, code: str, *, hidden=(), writable=(), readable=(), cwd=None, env=None):
+    cmd = S.wrap_command([PY, "-c", code], hidden_paths=list(hidden), writable=list(writable),
+                         readable=list(readable), mechanism=mechanism)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -47,8 +48,9 @@ print(json.dumps([read(p) for p in sys.argv[1:]]))
 """
 
 
-def read_wrapped(mechanism, paths, hidden):
-    cmd = S.wrap_command([PY, "-c", READ, *map(str, paths)], hidden_paths=hidden, writable=[], mechanism=mechanism)
+def read_wrapped(mechanism, paths, hidden, readable=()):
+    cmd = S.wrap_command([PY, "-c", READ, *map(str, paths)], hidden_paths=hidden, writable=[],
+                         readable=list(readable), mechanism=mechanism)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -58,7 +60,7 @@ def test_hidden_file_is_unreadable_and_its_neighbour_is_not(mechanism, tmp_path)
     secret, public = tmp_path / "val.tokens", tmp_path / "train.tokens"
     secret.write_text(SECRET)
     public.write_text("train text")
-    got_secret, got_public = read_wrapped(mechanism, [secret, public], hidden=[secret])
+    got_secret, got_public = read_wrapped(mechanism, [secret, public], hidden=[secret], readable=[tmp_path])
     assert SECRET not in got_secret
     assert got_public == "train text"
     assert secret.read_text() == SECRET  # hidden only inside, untouched outside
@@ -69,7 +71,7 @@ def test_hidden_folder_looks_empty_including_a_file_named_inside_it(mechanism, t
     folder.mkdir()
     (folder / "val.txt").write_text(SECRET)
     listing = run_wrapped(mechanism, f"import os, json; print(json.dumps(os.listdir({str(folder)!r})))",
-                          hidden=[folder, folder / "val.txt"])
+                          hidden=[folder, folder / "val.txt"], readable=[tmp_path])
     assert listing == []
 
 
@@ -98,7 +100,8 @@ print(json.dumps(venv))
 def test_keeps_working_folder_and_environment(mechanism, tmp_path):
     env = dict(os.environ, AUTORESEARCH_RUN_DIR_PROBE="kept")
     got = run_wrapped(mechanism, "import os, json; print(json.dumps([os.getcwd(), "
-                      "os.environ.get('AUTORESEARCH_RUN_DIR_PROBE')]))", cwd=tmp_path, env=env)
+                      "os.environ.get('AUTORESEARCH_RUN_DIR_PROBE')]))", cwd=tmp_path, env=env,
+                      writable=[tmp_path])
     assert got == [str(tmp_path), "kept"]
 
 
@@ -252,7 +255,7 @@ def test_covers_cannot_be_removed_or_walked_around(mechanism, tmp_path):
     secret = tmp_path / "val.tokens"
     secret.write_text(SECRET)
     cmd = S.wrap_command([PY, "-c", GET_AROUND, str(secret), str(os.getpid())], hidden_paths=[secret],
-                         writable=[], mechanism=mechanism)
+                         writable=[], readable=[tmp_path], mechanism=mechanism)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
@@ -271,8 +274,21 @@ print(json.dumps([kind(p) for p in sys.argv[1:]]))
 """
 
 
+def _block_devices() -> list[str]:
+    import stat as st
+
+    found = []
+    for entry in Path("/dev").iterdir():
+        try:
+            if st.S_ISBLK(entry.lstat().st_mode):
+                found.append(str(entry))
+        except OSError:
+            continue
+    return found
+
+
 def test_host_disks_are_not_there(mechanism):
-    disks = [str(p) for p in S._block_devices()]
+    disks = _block_devices()
     if not disks:
         pytest.skip("this machine shows no block devices")
     cmd = S.wrap_command([PY, "-c", STAT_DISKS, *disks], hidden_paths=[], writable=[], mechanism=mechanism)
@@ -320,7 +336,33 @@ except OSError as exc:
     original = sys.prefix
     sys.prefix = str(fake_prefix)  # what the wrapper protects is read from sys.prefix
     try:
-        assert run_wrapped(mechanism, code, writable=[tmp_path / "run"]) != "written"
+        assert run_wrapped(mechanism, code, writable=[tmp_path]) != "written"
     finally:
         sys.prefix = original
     assert not (fake_prefix / "evaluate.py").exists()
+
+
+ALLOWED = """
+import json, os, sys
+print(json.dumps({p: os.path.exists(p) for p in sys.argv[1:]}))
+"""
+
+
+def test_only_what_is_allowed_is_there(mechanism, tmp_path):
+    """An allow-list, not a deny-list: the home folder, other caches and any folder not named
+    are simply absent; the interpreter, the harness and the named files are there."""
+    import autoresearch
+
+    named, unnamed = tmp_path / "train.tokens", tmp_path / "elsewhere" / "copy-of-val.tokens"
+    unnamed.parent.mkdir()
+    for path in (named, unnamed):
+        path.write_text("x")
+    probe = [str(named), str(unnamed), str(Path.home()), str(Path.home() / ".cache"), sys.executable,
+             str(Path(autoresearch.__file__).parent / "harness" / "api.py")]
+    cmd = S.wrap_command([PY, "-c", ALLOWED, *probe], hidden_paths=[], writable=[], readable=[named],
+                         mechanism=mechanism)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen[str(named)] and seen[sys.executable] and seen[probe[-1]]
+    assert not seen[str(unnamed)] and not seen[str(Path.home() / ".cache")]

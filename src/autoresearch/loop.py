@@ -451,7 +451,7 @@ class ResearchLoop:
 
     def reevaluate(self, experiment_id: int) -> ExperimentRecord:
         """Evaluates a run's submitted model again (after an evaluator crash) and decides anew."""
-        from autoresearch.runner import evaluate_run, judge_budget
+        from autoresearch.runner import evaluate_run, judge_run
 
         self.prepare()
         record = next((r for r in self.ledger.records() if r.id == experiment_id), None)
@@ -460,9 +460,10 @@ class ResearchLoop:
         run_dir = self.ws.run_dir(experiment_id)
         if not (run_dir / "submission.json").exists():
             raise LoopError(f"experiment {experiment_id} has no submitted model in {run_dir}: it must be re-run")
-        outcome = evaluate_run(self.ws.root, run_dir, timeout=self.ws.settings.profile().eval_allowance)
+        outcome = evaluate_run(self.ws.root, run_dir, timeout=self.ws.settings.profile().eval_allowance,
+                               settings=self.ws.settings, sandbox=self.sandbox)
         outcome.wall_seconds = record.wall_seconds
-        outcome = judge_budget(outcome, self.ws.settings.profile())
+        outcome = judge_run(outcome, record.extra.get("timing") or {})  # the time as judged when it ran
         if record.status == R.KEEP or self.best_commit() != (record.parent or self.best_commit()):
             record.extra["reeval"] = {"val_bpb": outcome.val_bpb, "status": outcome.status, "trust": outcome.trust}
             self.ledger.append(record)  # the best moved on: record the figure, decide nothing

@@ -21,10 +21,10 @@ from autoresearch import records as R
 from autoresearch.harness import session as S
 from autoresearch.harness.profiles import Profile
 from autoresearch.integrity import tamper_reason
-from autoresearch.runclock import RunClock, Timing
+from autoresearch.runclock import RunClock
 from autoresearch.scratch import Scratch, collect_log, collect_outputs, sweep
 from autoresearch.summary import format_summary
-from autoresearch.timing import References, judge_timing
+from autoresearch.timing import judge_timing
 from autoresearch.warmstart import KILL_WAITS, cold_start_reason
 
 OK = "ok"  # measured; the policy decides keep or discard
@@ -375,15 +375,19 @@ def run_experiment(workspace: Path, run_dir: Path, profile: Profile, *, seed: in
         scratch.remove()
         if scratch_parent is not None:
             sweep(scratch_parent)
+    summary = timing.summary()
     outcome = _training_outcome(code, log, run_dir, profile, refused)
     if outcome is None:
+        verdict = judge_timing(timing, budget=profile.time_budget, refs=(refs or {}).get(start.split(":")[0]),
+                               cores=_cores())
+        summary["refused"] = list(verdict) if verdict else None  # kept for a re-evaluation
         outcome = evaluate_run(workspace, run_dir, timeout=profile.eval_allowance, stop_event=stop_event,
                                evaluator=evaluator, settings=settings, sandbox=sandbox)
-        outcome = judge_run(outcome, timing, profile, (refs or {}).get(start.split(":")[0]))
+        outcome = judge_run(outcome, summary)
     outcome.seed = seed
     outcome.start = start
     outcome.sandbox = _sandbox_name() if sandbox else "off"
-    outcome.timing = timing.summary()
+    outcome.timing = summary
     eval_seconds = outcome.eval_seconds or 0.0
     outcome.wall_seconds = round(train_wall + eval_seconds, 3)
     outcome.summary = format_summary(summary_values(outcome, outcome.account, total_seconds=train_wall))
@@ -449,15 +453,16 @@ def _training_outcome(code, log: Path, run_dir: Path, profile: Profile, refused:
     return None
 
 
-def judge_run(outcome: RunOutcome, timing: Timing, profile: Profile, refs: References | None) -> RunOutcome:
-    """A measured run whose time broke a rule, or whose harness was changed, is not a result."""
+def judge_run(outcome: RunOutcome, timing: dict) -> RunOutcome:
+    """A measured run whose time broke a rule (`timing["refused"]`, judged when training ended),
+    or whose harness was changed, is not a result."""
     if outcome.status != OK and outcome.status != R.INVALID:
         return outcome
-    if timing.clock_start is not None and timing.submit is not None:
-        outcome.training_seconds = round(timing.submit - timing.clock_start, 3)  # the runner's clock
+    if timing.get("clock_start_s") is not None and timing.get("submit_s") is not None:
+        outcome.training_seconds = round(timing["submit_s"] - timing["clock_start_s"], 3)  # the runner's clock
     if outcome.status != OK:
         return outcome
-    verdict = judge_timing(timing, budget=profile.time_budget, refs=refs, cores=_cores())
+    verdict = tuple(timing["refused"]) if timing.get("refused") else None
     if verdict is None:
         tampered = tamper_reason(outcome.account)
         verdict = (R.INVALID, tampered) if tampered else None

@@ -57,7 +57,8 @@ def wrap_command(cmd: list[str], *, hidden_paths: list[Path], writable: list[Pat
     rw = _existing(writable)
     links, system = _system_paths()
     ro = [p for p in _existing([*system, *python_paths(), *readable]) if p not in rw]
-    hidden = _outermost(_existing(hidden_paths))
+    # a cover is needed only where an allowed tree would show the path; elsewhere it is absent anyway
+    hidden = [h for h in _outermost(_existing(hidden_paths)) if any(h == p or p in h.parents for p in [*ro, *rw])]
     build = _bwrap_command if name == BWRAP else _unshare_command
     return build(list(cmd), _outermost(ro), rw, hidden, links)
 
@@ -185,6 +186,9 @@ def _unshare_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: lis
               'mount -t tmpfs -o mode=1777 none "$R/dev/shm"', 'mount -t proc proc "$R/proc"']
     for dev in DEVICES:
         lines.append(f'touch "$R/dev/{dev}" && mount --bind /dev/{dev} "$R/dev/{dev}"')
+    for dev in _gpu_devices():
+        make = "mkdir -p" if os.path.isdir(dev) else "touch"
+        lines.append(f'{make} "$R"{q(dev)} && mount --rbind {q(dev)} "$R"{q(dev)}')
     for target, path in links:
         lines.append(f'ln -s {q(target)} "$R"{q(str(path))}')
     for path in ro:
