@@ -3,6 +3,7 @@ evaluation, decision, records, report) as a share of wall time, from real loops 
 warm starts and with cold starts, in one script.
 
     python bench/loop_overhead.py [--experiments 3] [--modes warm,cold] [--profile cpu] [--budget 60]
+                                  [--sandbox on|off|auto]
 
 An experiment's wall time is measured from the moment the previous one was recorded
 (or the loop started) to its own record, so nothing the loop does between runs is left
@@ -26,7 +27,7 @@ from autoresearch.report import BackgroundRefresh, write_report
 from autoresearch.workspace import Workspace, init_workspace
 
 
-def run_loop(mode: str, experiments: int, profile: str, budget: float | None) -> dict:
+def run_loop(mode: str, experiments: int, profile: str, budget: float | None, sandbox: bool | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = init_workspace(Path(tmp) / "ws", profile=profile, budget=budget, tag="bench")
         ws = Workspace.open(root)
@@ -34,7 +35,7 @@ def run_loop(mode: str, experiments: int, profile: str, budget: float | None) ->
             records, root, title=ws.branch, noise_sigma=NoiseEstimate.from_records(records).sigma()))
         loop = ResearchLoop(ws, make_agent("sweep", seq_len=ws.settings.profile().max_seq_len),
                             max_experiments=experiments, on_record=reports.request,
-                            warm_start="on" if mode == "warm" else "off")
+                            warm_start="on" if mode == "warm" else "off", sandbox=sandbox)
         started = time.time()
         records = loop.run()
         ended = time.time()
@@ -45,6 +46,7 @@ def run_loop(mode: str, experiments: int, profile: str, budget: float | None) ->
                      "eval": r.eval_seconds or 0.0, "start": r.extra.get("start", ""),
                      "description": r.description})
         previous = r.finished_at
+    mode = f"{mode} ({'sandbox: ' + ('on' if loop.sandbox else 'off')})"
     return {"mode": mode, "rows": rows, "total": ended - started, "budget": ws.settings.profile().time_budget}
 
 
@@ -74,10 +76,13 @@ def main() -> int:
     parser.add_argument("--modes", default="warm,cold", help="comma-separated: warm, cold")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--budget", type=float, default=None)
+    parser.add_argument("--sandbox", choices=("on", "off", "auto"), default="auto",
+                        help="auto: as `autoresearch run` (on wherever it works)")
     args = parser.parse_args()
+    sandbox = {"on": True, "off": False, "auto": None}[args.sandbox]
     summaries = {}
     for mode in args.modes.split(","):
-        summaries[mode] = summarize(run_loop(mode, args.experiments, args.profile, args.budget))
+        summaries[mode] = summarize(run_loop(mode, args.experiments, args.profile, args.budget, sandbox))
     if {"warm", "cold"} <= set(summaries):
         warm, cold = summaries["warm"], summaries["cold"]
         print(f"\nwarm / cold overhead per experiment: {warm['overhead']:.1f} s / {cold['overhead']:.1f} s "

@@ -24,12 +24,25 @@ REFUSED = (R.INVALID, R.OVER_BUDGET, R.CRASH)
 ANCHOR = "torch.manual_seed(SEED)"
 
 
-@pytest.fixture(params=list(MODES))
-def mode(request):
-    warm, sandbox = MODES[request.param]
-    if sandbox and not sandbox_available()[0]:
+# The weakest mode and the default one cover both start kinds and both confinements; the
+# cheapest test also runs in the other two.
+PAIRED = ["cold-open", "warm-sandbox"]
+
+
+def _mode(name: str) -> str:
+    if MODES[name][1] and not sandbox_available()[0]:
         pytest.skip(sandbox_available()[1])
-    return request.param
+    return name
+
+
+@pytest.fixture(params=PAIRED)
+def mode(request):
+    return _mode(request.param)
+
+
+@pytest.fixture(params=list(MODES))
+def every_mode(request):
+    return _mode(request.param)
 
 
 def _attack(workspace, mode: str, code: str, *, at: str = ANCHOR, baseline: bool = True):
@@ -38,13 +51,18 @@ def _attack(workspace, mode: str, code: str, *, at: str = ANCHOR, baseline: bool
     text = (workspace.root / "train.py").read_text()
     assert at in text
     attack = text.replace(at, code + at, 1)
+    if not baseline:  # the attack is the workspace's own code: it runs as the baseline
+        (workspace.root / "train.py").write_text(attack)
+        workspace.repo.commit_paths(["train.py"], "attack as the baseline")
     loop = ResearchLoop(workspace, agent=None, sandbox=sandbox, warm_start=warm)
     loop.prepare()
     with loop.services:
         if baseline:
             first = loop.execute(loop.next_job())
             assert first.status == R.KEEP, (first.status, first.decision_reason)
-        record = loop.execute(Job(R.CANDIDATE), Proposal("attack", {"train.py": attack}))
+            record = loop.execute(Job(R.CANDIDATE), Proposal("attack", {"train.py": attack}))
+        else:
+            record = loop.execute(loop.next_job())
     assert record.extra["sandbox"] == ("off" if not MODES[mode][1] else sandbox_available()[1])
     assert record.extra["start"].split(":")[0] == ("warm" if MODES[mode][0] == "on" else "cold")
     return loop, record
@@ -144,7 +162,8 @@ def test_the_data_cache_and_compiler_cache_carry_nothing_to_later_runs(workspace
         train.write_bytes(before)  # the data cache is shared by the whole test session
 
 
-def test_a_leftover_daemon_is_gone_when_the_run_ends(workspace, mode):
+def test_a_leftover_daemon_is_gone_when_the_run_ends(workspace, every_mode):
+    mode = every_mode
     mark = f"daemon-{uuid.uuid4().hex}"  # in its command line, which /proc shows from outside any sandbox
     code = (f"import os, sys\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
             f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)', {mark!r}])\n"
