@@ -213,3 +213,67 @@ def test_validation_text_is_out_of_reach_in_the_sandbox_whatever_copy(workspace,
         assert "READ" not in log and log.count("NOPE") == 3
     finally:
         copies[0].unlink(missing_ok=True)
+
+
+INJECT = """
+import json, os
+request = json.dumps({"run": {"script": "/bin/true", "cwd": "/", "env": {}, "log": "/dev/null"}})
+for fd in (0, 1):
+    try:
+        handle = os.open(f"/proc/{os.getppid()}/fd/{fd}", os.O_WRONLY)
+        os.write(handle, (request + "\\n").encode())
+        print("INJECTED", fd)
+    except OSError as error:
+        print("BLOCKED", fd, type(error).__name__)
+"""
+
+
+def test_a_warm_run_cannot_write_to_its_launcher(workspace):
+    """The launcher's pipes are its control channel: a run that could write there could start
+    processes of its own outside any run, or answer for the launcher."""
+    _mode("warm-sandbox")
+    loop, record = _attack(workspace, "warm-sandbox", INJECT)
+    log = Path(record.log_path).read_text()
+    assert "INJECTED" not in log and log.count("BLOCKED") == 2
+    assert record.status != R.CRASH  # the run itself went on, and so does the loop
+    again = loop.execute(loop.next_job())
+    assert again.extra["start"] == "warm" and again.status not in REFUSED
+
+
+CARRY = """
+import ctypes, glob, os
+libc = ctypes.CDLL(None, use_errno=True)
+found = [p for p in ("/tmp/carry", "/stash", "/dev/shm/carry", "/dev/carry") if os.path.exists(p)]
+if libc.shmget(0x5EED, 0, 0) != -1:
+    found.append("sysv-shm")
+if libc.syscall(250, 10, -4, b"user", b"autoresearch-carry-test", 0) > 0:  # keyctl search, user keyring
+    found.append("keyring")
+print("FOUND", sorted(found))
+for path in ("/tmp/carry", "/stash", "/dev/shm/carry", "/dev/carry"):
+    try:
+        open(path, "w").write("weights")
+    except OSError:
+        pass
+libc.shmget(0x5EED, 4096, 0o1000 | 0o600)  # IPC_CREAT
+libc.syscall(248, b"user", b"autoresearch-carry-test", b"weights", 7, -4)  # add_key (x86-64 numbers)
+"""
+
+
+def test_nothing_a_warm_run_leaves_in_the_shared_sandbox_reaches_the_next(workspace):
+    """Warm runs share one sandbox (the launcher's): its /tmp, root and /dev are read-only, and
+    /dev/shm and System V IPC are emptied before each run; the kernel's key store, shared by
+    every process of the user, is closed to runs."""
+    import platform
+
+    _mode("warm-sandbox")
+    if platform.machine() != "x86_64":
+        pytest.skip("the probe uses x86-64 system call numbers")
+    text = (workspace.root / "train.py").read_text().replace(ANCHOR, CARRY + ANCHOR, 1)
+    loop = ResearchLoop(workspace, agent=None, sandbox=True, warm_start="on")
+    loop.prepare()
+    with loop.services:
+        assert loop.execute(loop.next_job()).status == R.KEEP
+        first = loop.execute(Job(R.CANDIDATE), Proposal("leave things", {"train.py": text}))
+        second = loop.execute(Job(R.CANDIDATE), Proposal("find them", {"train.py": text + "# again\n"}))
+    assert first.extra["start"] == second.extra["start"] == "warm"
+    assert "FOUND []" in Path(second.log_path).read_text()

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from autoresearch.proctree import descendants, tree_cpu_seconds
 
 DAEMON = """
@@ -77,3 +79,28 @@ def test_tree_cpu_counts_work_done_in_a_forked_child():
         proc.kill()
         proc.wait()
     assert tree_cpu_seconds(proc.pid) is None
+
+
+KEYRING = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+numbers = {"x86_64": 248, "aarch64": 217}
+import platform
+r = libc.syscall(numbers[platform.machine()], b"user", sys.argv[1].encode(), b"weights", 7, -4)
+print("added" if r > 0 else f"refused {ctypes.get_errno()}")
+"""
+
+
+def test_a_contained_process_cannot_use_the_kernel_key_store():
+    """The key store outlives processes and sandboxes alike: a run could leave weights there."""
+    import platform
+    import uuid
+
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("no system call numbers for this architecture")
+    name = f"autoresearch-test-{uuid.uuid4().hex}"
+    contained = subprocess.run([sys.executable, "-m", "autoresearch.contain", "--", sys.executable, "-c", KEYRING,
+                                name], capture_output=True, text=True, timeout=30)
+    assert contained.stdout.strip() == "refused 1"  # EPERM
+    control = subprocess.run([sys.executable, "-c", KEYRING, name], capture_output=True, text=True, timeout=30)
+    assert control.stdout.strip() == "added"  # the control: the call itself works here

@@ -112,3 +112,23 @@ def test_an_evaluation_past_its_allowance_is_a_timeout_and_the_service_restarts(
     assert service.proc is None  # killed, not left computing
     later = evaluate_run(workspace.root, run_dir, timeout=60, evaluator=service)
     assert later.status == OK
+
+
+def test_answers_written_into_the_service_by_someone_else_are_not_taken(workspace):
+    """Without the sandbox a run may write into the service's output (as root, through /proc):
+    its answers name requests it cannot know, made after it ended, so none is taken."""
+    vocab = workspace.settings.profile().vocab_size
+    service = _service(workspace)
+    service.start()
+    try:
+        assert service.usable()
+        forged = {"status": "ok", "trust": "sealed", "val_bpb": 0.123}
+        handle = os.open(f"/proc/{service.proc.pid}/fd/1", os.O_WRONLY)
+        for guess in [*range(1, 50), *map(str, range(1, 50)), None]:
+            os.write(handle, (json.dumps({"done": guess, "result": forged}) + "\n").encode())
+        os.close(handle)
+        outcome = evaluate_run(workspace.root, _submit(workspace, 1, Bigram(vocab, seed=1)), timeout=60,
+                               evaluator=service)
+    finally:
+        service.close()
+    assert outcome.status == OK and outcome.val_bpb != 0.123 and outcome.val_bpb > 1.0

@@ -12,7 +12,7 @@ from torch import nn
 
 from autoresearch.harness import evaluate as ev
 from autoresearch.harness.export import export_model, read_submission
-from autoresearch.harness.metric import PROBE_CALLS
+from autoresearch.harness.metric import probe_calls
 
 B, T, V = 4, 16, 64
 TOKEN_BYTES = torch.randint(1, 5, (V,), generator=torch.Generator().manual_seed(2), dtype=torch.int32)
@@ -173,9 +173,9 @@ def test_probe_calls_are_natural_rows_slipped_into_the_scoring_pass():
             return model(x)
 
         result = ev.evaluate_program(fn, data, TOKEN_BYTES, probe_seed=seed)
-        assert result.status == "ok" and len(calls) == len(data) + PROBE_CALLS
+        assert result.status == "ok" and len(calls) == len(data) + probe_calls(len(data))
         probes = [i for i, x in enumerate(calls) if not any(torch.equal(x, d) for d, _ in data)]
-        assert len(probes) == PROBE_CALLS
+        assert len(probes) == probe_calls(len(data))
         first_probe.add(probes[0])
         for i in probes:  # same shape, made of the rows of a batch scored before it
             scored_before = [x for x in calls[:i] if any(torch.equal(x, d) for d, _ in data)]

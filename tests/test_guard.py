@@ -179,3 +179,24 @@ def test_a_tracked_file_edit_is_restored(ws, guard):
 def test_check_without_snapshot_is_refused(ws):
     with pytest.raises(RuntimeError, match="snapshot"):
         WorkspaceGuard(ws).check_and_restore()
+
+
+def test_a_planted_link_is_removed_and_named(ws, guard, tmp_path):
+    runs = ws.root / ".autoresearch" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "0007").symlink_to(tmp_path)
+    reasons = guard.check_and_restore()
+    assert not (runs / "0007").exists() and any("planted link" in r for r in reasons)
+
+
+def test_a_start_up_hook_planted_in_site_packages_is_reported(ws, tmp_path, monkeypatch):
+    import site
+
+    folder = tmp_path / "site-packages"
+    folder.mkdir()
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(folder)])
+    guard = WorkspaceGuard(ws)
+    guard.snapshot()
+    (folder / "zz_planted.pth").write_text("import os; os.system('echo planted')\n")
+    reasons = guard.check_and_restore()
+    assert guard.code_changed and any("zz_planted.pth" in r for r in reasons)

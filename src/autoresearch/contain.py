@@ -23,6 +23,12 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+# The kernel's key store outlives every process and is shared by all processes of a user,
+# sandboxed or not: a run could leave trained weights there for the next one. Its system
+# calls (add_key, request_key, keyctl) are refused to runs, per architecture.
+KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
 SETTLE_S = 0.02
 POLL_S = 0.02
 STOP_GRACE_S = 2.0  # after SIGTERM the command gets this long before SIGKILL
@@ -34,6 +40,36 @@ def become_subreaper() -> bool:
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def forbid_kernel_keyrings() -> bool:
+    """Installs a seccomp filter on this process (inherited by all it starts, and never lifted)
+    that fails the key store's system calls with EPERM. False where it cannot (not Linux, an
+    unknown architecture): the threat model says so."""
+    import platform
+    import struct
+
+    arch = KEYRING_SYSCALLS.get(platform.machine())
+    if arch is None or not sys.platform.startswith("linux"):
+        return False
+    audit_arch, numbers = arch
+    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    program = [(ld_w_abs, 0, 0, 4), (jeq_k, 1, 0, audit_arch), (ret_k, 0, 0, allow), (ld_w_abs, 0, 0, 0)]
+    for i, number in enumerate(numbers):  # a match jumps to the deny at the end
+        program.append((jeq_k, len(numbers) - i, 0, number))
+    program += [(ret_k, 0, 0, allow), (ret_k, 0, 0, deny)]
+    raw = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buffer = ctypes.create_string_buffer(raw)
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Program(len(program), ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) == 0
 
 
 def _children() -> list[int]:
@@ -83,6 +119,7 @@ def main(argv: list[str]) -> int:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            forbid_kernel_keyrings()
             os.execvp(command[0], command)
         finally:
             os._exit(127)

@@ -10,7 +10,7 @@ one-shot evaluator, so results never depend on it being there.
 """
 from __future__ import annotations
 
-import itertools
+import secrets
 import json
 import queue
 import subprocess
@@ -31,7 +31,6 @@ class EvaluatorService:
         self.env = dict(env)
         self.log_path = Path(log_path)
         self.wrap = wrap or (lambda cmd: cmd)
-        self._ids = itertools.count(1)
         self.proc: subprocess.Popen | None = None
         self.ready = threading.Event()
         self.failure = ""
@@ -82,7 +81,7 @@ class EvaluatorService:
         if not self.usable():
             return None, time.monotonic() - started
         answers = self._answers
-        request_id = next(self._ids)
+        request_id = secrets.token_hex(16)  # made after the run ended: no run can have forged its answer
         try:
             send(self.proc, {"id": request_id, "model": str(Path(model).resolve()), "submission": submission})
         except OSError:

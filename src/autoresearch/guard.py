@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import site
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -292,8 +293,9 @@ class WorkspaceGuard:
 
 
 def code_fingerprint() -> dict:
-    """sha256 of every file of the installed autoresearch package: the loop and the evaluator
-    run this code outside any sandbox, so a run must not have changed it."""
+    """sha256 of every file of the installed autoresearch package and of the interpreter's
+    start-up hooks (.pth files, sitecustomize): the loop and the evaluator run this code
+    outside any sandbox, so a run must not have changed it."""
     import autoresearch
 
     root = Path(autoresearch.__file__).resolve().parent
@@ -301,4 +303,10 @@ def code_fingerprint() -> dict:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             prints[str(path.relative_to(root))] = _sha256(path.read_bytes())
+    # what every Python process runs at start-up, the loop's helpers included
+    for folder in {Path(p) for p in [*site.getsitepackages(), site.getusersitepackages()] if p}:
+        for pattern in ("*.pth", "sitecustomize.py", "usercustomize.py"):
+            for path in sorted(folder.glob(pattern)):
+                if path.is_file():
+                    prints[f"{folder}/{path.name}"] = _sha256(path.read_bytes())
     return prints

@@ -414,23 +414,24 @@ def _start(scratch: Scratch, target: str, env: dict, log: Path, settings, profil
             if process is not None:
                 return process, "warm"
             reason = launcher.failure or "the launcher is unavailable"
-    command = [sys.executable, target]
+    # contained (and kept from the kernel's key store) with or without the sandbox around it
+    command = [sys.executable, "-m", "autoresearch.contain", "--", sys.executable, target]
     if sandbox:
         command = run_sandbox(settings, scratch.root)(command)
-    else:
-        command = [sys.executable, "-m", "autoresearch.contain", "--", *command]
     process = ColdProcess(command, cwd=scratch.work, env=env, log=log, on_line=on_line, pid_file=pid_file)
     return process, f"cold: {reason}" if reason else "cold"
 
 
-def run_sandbox(settings, writable: Path):
-    """Wraps a training command (or the launcher): the training data readable, `writable` writable."""
+def run_sandbox(settings, writable: Path, *, shared: bool = False):
+    """Wraps a training command (or, `shared`, the launcher of many runs): the training data
+    readable, `writable` writable."""
     from autoresearch import sandbox
 
     data, vocab = settings.experiment.data, settings.profile().vocab_size
     readable = sandbox.prepared_paths(data, vocab, include_validation=False)
     hidden = sandbox.validation_paths(data, vocab)
-    return lambda cmd: sandbox.wrap_command(cmd, hidden_paths=hidden, writable=[writable], readable=readable)
+    return lambda cmd: sandbox.wrap_command(cmd, hidden_paths=hidden, writable=[writable], readable=readable,
+                                            shared=shared)
 
 
 def _training_outcome(code, log: Path, run_dir: Path, profile: Profile, refused: list[str]) -> RunOutcome | None:

@@ -51,8 +51,11 @@ def sandbox_available(mechanism: str | None = None) -> tuple[bool, str]:
 
 
 def wrap_command(cmd: list[str], *, hidden_paths: list[Path], writable: list[Path],
-                 readable: list[Path] = (), mechanism: str | None = None) -> list[str]:
-    """`cmd` prefixed so that it runs confined; raises SandboxUnavailable if it cannot be."""
+                 readable: list[Path] = (), mechanism: str | None = None, shared: bool = False) -> list[str]:
+    """`cmd` prefixed so that it runs confined; raises SandboxUnavailable if it cannot be.
+
+    `shared`: one sandbox for many runs (the warm launcher): then /tmp is read-only too, and
+    only /dev/shm is writable besides `writable`, which the launcher empties between runs."""
     name = _choose(mechanism)
     rw = _existing(writable)
     links, system = _system_paths()
@@ -60,7 +63,7 @@ def wrap_command(cmd: list[str], *, hidden_paths: list[Path], writable: list[Pat
     # a cover is needed only where an allowed tree would show the path; elsewhere it is absent anyway
     hidden = [h for h in _outermost(_existing(hidden_paths)) if any(h == p or p in h.parents for p in [*ro, *rw])]
     build = _bwrap_command if name == BWRAP else _unshare_command
-    return build(list(cmd), _outermost(ro), rw, hidden, links)
+    return build(list(cmd), _outermost(ro), rw, hidden, links, shared)
 
 
 def _system_paths() -> tuple[list[tuple[str, Path]], list[Path]]:
@@ -145,14 +148,15 @@ def _gpu_devices() -> list[str]:
     return sorted({p for pattern in GPU_DEVICE_GLOBS for p in glob.glob(pattern)})
 
 
-def _bwrap_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[Path], links=()) -> list[str]:
+def _bwrap_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[Path], links=(),
+                   shared: bool = False) -> list[str]:
     # No --new-session: it would move the command out of the runner's process group.
     args = [shutil.which(BWRAP) or BWRAP, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent",
             "--cap-drop", "ALL",  # as root bwrap keeps capabilities, enough to unmount the covers
             "--dev", "/dev",  # fresh: the host's block devices would expose the raw disk
             "--proc", "/proc",  # fresh: the host's /proc/<pid>/root leads around the covers
-            "--tmpfs", "/tmp"]
+            "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
     for target, path in links:
         args += ["--symlink", target, str(path)]
     for path in ro:
@@ -166,10 +170,15 @@ def _bwrap_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[
             args += ["--ro-bind", str(path), str(path)]
     for path in hidden:  # last, so that a cover wins over everything above it
         args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
+    # bwrap's own root and /dev are writable tmpfs: nothing may be left there for a later run
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
+    if shared:
+        args += ["--remount-ro", "/tmp"]
     return [*args, "--", *cmd]
 
 
-def _unshare_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[Path], links=()) -> list[str]:
+def _unshare_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: list[Path], links=(),
+                     shared: bool = False) -> list[str]:
     """The same root, built by hand: a tmpfs with the allowed paths bound in, then chroot."""
     q = shlex.quote
     lines = ["set -e", "ip link set lo up 2>/dev/null || true",  # loopback is a convenience, not a need
@@ -202,6 +211,9 @@ def _unshare_command(cmd: list[str], ro: list[Path], rw: list[Path], hidden: lis
         target = f'"$R"{q(str(path))}'
         lines.append(f"mount -t tmpfs -o ro,size=4k,mode=0555 none {target}" if path.is_dir()
                      else f"mount --bind /dev/null {target}")
+    lines.append('mount -o remount,ro,bind "$R" 2>/dev/null || mount -o remount,ro "$R"')  # the root itself
+    if shared:
+        lines.append('mount -o remount,ro "$R/tmp"')
     # Dropping every capability (bounding set included) keeps uid 0 from unmounting the covers.
     # No exec: the shell stays PID 1 of the namespace, which ignores SIGTERM, so the
     # command must be its child to die from the runner's SIGTERM (unshare blocks it too).
@@ -240,7 +252,7 @@ def _probe(name: str) -> str | None:
     build = _bwrap_command if name == BWRAP else _unshare_command
     try:
         links, system = _system_paths()
-        done = subprocess.run(build(["true"], system, [], [], links), capture_output=True, text=True,
+        done = subprocess.run(build(["true"], system, [], [], links, True), capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)

@@ -26,6 +26,7 @@ class LoopServices:
         if not self.enabled:
             return self
         from autoresearch.harness.evaluate import validation_spec
+        from autoresearch.harness.zygote import SHARED_SANDBOX_ENV
         from autoresearch.runner import SECRET_MARKERS, evaluator_sandbox, run_sandbox
         from autoresearch.scratch import loop_folder
 
@@ -33,7 +34,9 @@ class LoopServices:
                if not k.startswith("AUTORESEARCH_") and not any(m in k.upper() for m in SECRET_MARKERS)}
         env.update({S.ENV_MANAGED: "1", "PYTHONUNBUFFERED": "1"})
         folder = self.scratch_parent = loop_folder()
-        wrap_run = run_sandbox(self.settings, folder) if self.sandbox else None
+        wrap_run = run_sandbox(self.settings, folder, shared=True) if self.sandbox else None
+        if self.sandbox:
+            env[SHARED_SANDBOX_ENV] = "1"  # the launcher empties its sandbox's shared state between runs
         self.launcher = WarmStarter(folder, env=env, log_path=self.ws.state_dir / "launcher.log", wrap=wrap_run)
         spec = validation_spec(self.settings.profile(), self.settings.experiment.data)
         runs = self.ws.state_dir / "runs"

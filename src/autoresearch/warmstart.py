@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
@@ -191,14 +192,23 @@ class WarmStarter:
         if not self.usable():
             return None
         spec = {"script": str(script), "cwd": str(cwd), "env": env, "log": str(log)}
+        nonce = secrets.token_hex(16)
         try:
-            self._write({"run": spec})
-            pid = self._started.get(timeout=REPLY_TIMEOUT_S)
+            self._write({"run": spec, "nonce": nonce})
+            pid = self._wait_started(nonce)
         except (OSError, queue.Empty):
             self.failure = "the launcher did not start the run"
             self.close()
             return None
         return WarmProcess(self, pid, self.generation)
+
+    def _wait_started(self, nonce: str) -> int:
+        """The pid of the run started for `nonce`; answers to anything else are not ours."""
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while True:
+            got_nonce, pid = self._started.get(timeout=max(0.01, deadline - time.monotonic()))
+            if got_nonce == nonce:
+                return pid
 
     def signal(self, pid: int, sig: int) -> None:
         try:
@@ -236,7 +246,7 @@ class WarmStarter:
             self.failure = f"the launcher's warm-up failed: {event['failed']}"
             self.gave_up = True
         elif "started" in event:
-            self._started.put(int(event["started"]))
+            self._started.put((event.get("nonce"), int(event["started"])))
         elif "exited" in event:
             with self._lock:
                 key = (generation, int(event["exited"]))

@@ -335,6 +335,9 @@ def serve(spec: dict, stdin=None, stdout=None) -> int:
     """
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    from autoresearch.harness.zygote import _make_undumpable
+
+    _make_undumpable()  # its pipes and memory are not open to other processes through /proc
     batches, token_bytes = load_validation(spec)
     _warm_up()
     print(json.dumps({"ready": True}), file=stdout, flush=True)

@@ -26,7 +26,13 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 # 2 * PROBE_ATOL nats per token from looking ahead. A causal program moves them by
 # exactly zero (same kernels, same prefix), in fp32 and under bf16 autocast alike.
 PROBE_ATOL = 1e-4
-PROBE_CALLS = 2  # extra forward passes per evaluation, each testing many cut positions
+PROBE_CALLS = 2  # extra forward passes per evaluation, each testing many cut positions ...
+MAX_PROBE_CALLS = 8  # ... one for every two scoring batches, up to this many
+
+
+def probe_calls(scoring_batches: int) -> int:
+    """Probe passes for an evaluation of this many batches: more data, more positions tested."""
+    return min(MAX_PROBE_CALLS, max(PROBE_CALLS, scoring_batches // 2))
 
 
 @dataclass(frozen=True)
@@ -126,27 +132,31 @@ def plan_probe(batch: int, seq_len: int, rng: random.Random, *, calls: int = PRO
     A quarter of the rows (at least one) stays whole in each pass and donates its text
     to the others: a row's own future then appears nowhere in the probe input, so no
     program can rebuild the original batch from it, and a kept row whose logits move
-    reads other rows. The cuts spread over [-1, seq_len - 2] (or cycle through
-    `positions`) and go to random rows.
+    reads other rows. The cuts are drawn uniformly from [-1, seq_len - 2] (or cycle
+    through `positions`) and go to random rows.
     """
     if batch < 2 or seq_len < 2:
         raise ValueError(f"the causality probe needs batches of at least 2 rows of 2 tokens, got "
                          f"[{batch}, {seq_len}]")
     kept_per_call = max(1, batch // 4)
     count = max(calls, 1) * (batch - kept_per_call)
-    if positions is None:
-        cuts = [round(-1 + i * (seq_len - 1) / max(count - 1, 1)) for i in range(count)]
+    if positions is None:  # drawn, not spaced: evenly spaced cuts are the same every time, and a
+        # program that looks ahead everywhere else would never be caught. One row per pass is
+        # replaced whole (cut -1): a row that reads another row's first tokens is seen too.
+        per_call = batch - kept_per_call
+        cuts = [-1 if i % per_call == 0 else rng.randint(-1, seq_len - 2) for i in range(count)]
     else:
         wanted = [min(max(int(t), -1), seq_len - 2) for t in positions] or [0]
         cuts = [wanted[i % len(wanted)] for i in range(count)]
-    rng.shuffle(cuts)
+    if positions is not None:
+        rng.shuffle(cuts)
     plan = []
     for _ in range(max(calls, 1)):
         rows = rng.sample(range(batch), batch)
         kept, spliced = rows[:kept_per_call], rows[kept_per_call:]
         row_cuts, donors = [seq_len - 1] * batch, list(range(batch))
-        for b in spliced:
-            row_cuts[b], donors[b] = cuts.pop(), rng.choice(kept)
+        for b in spliced:  # rows are in random order, so which row is replaced whole is random too
+            row_cuts[b], donors[b] = cuts.pop(0), rng.choice(kept)
         plan.append(ProbeCall(tuple(row_cuts), tuple(donors)))
     return plan
 
@@ -225,8 +235,8 @@ def causality_probe(
     Runs the probe passes for batch `x` one after another; `reference` is logits_fn(x)
     when the caller already has it. `seed` fixes the plan (default: unpredictable).
     """
-    probe = CausalityProbe(x, plan_probe(*x.shape, random.Random(seed), calls=calls,
-                                         positions=positions), atol)
+    rng = random.SystemRandom() if seed is None else random.Random(seed)
+    probe = CausalityProbe(x, plan_probe(*x.shape, rng, calls=calls, positions=positions), atol)
     reference = logits_fn(x) if reference is None else reference
     for index in range(len(probe.plan)):
         probe.run(logits_fn, index, reference)
@@ -238,7 +248,7 @@ def probed_bits_per_byte(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     token_bytes,
     *,
-    calls: int = PROBE_CALLS,
+    calls: int | None = None,
     atol: float = PROBE_ATOL,
     seed: int | None = None,
 ) -> tuple[BpbResult, ProbeResult]:
@@ -250,7 +260,9 @@ def probed_bits_per_byte(
     """
     if not batches:
         raise ValueError("no validation batches")
-    rng = random.Random(seed)
+    # unpredictable by default: the operating system's randomness, no state a program could know
+    rng = random.SystemRandom() if seed is None else random.Random(seed)
+    calls = calls if calls is not None else probe_calls(len(batches))
     source = rng.randrange(len(batches))
     x = batches[source][0]
     probe = CausalityProbe(x, plan_probe(*x.shape, rng, calls=calls), atol)

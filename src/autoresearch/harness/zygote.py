@@ -21,6 +21,12 @@ starts can leave it: when the run's script ends, the run kills what it left behi
 it exits, and an orphan of a run that was killed outright comes back to this process,
 which kills it.
 
+Isolation between runs: the launcher is not dumpable, so a run (which has dropped its
+capabilities in the sandbox) cannot open its pipes or memory through /proc; every start
+request carries a nonce that the answer echoes. In a sandbox shared by every warm run,
+the launcher empties what is writable there (/dev/shm, System V IPC objects) before it
+forks the next run, so nothing a run leaves reaches the next one.
+
 Fork safety: the warm-up runs with one intra-op thread and no compile workers, so no
 OpenMP team or worker pool exists when the children are forked; CUDA is never touched.
 """
@@ -35,6 +41,8 @@ import time
 
 PROTOCOL_OUT = 1  # the runner reads our events from stdout
 POLL_S = 0.05  # how often exited children are reaped between messages
+SHARED_SANDBOX_ENV = "AUTORESEARCH_SHARED_SANDBOX"  # set when this launcher is alone in its sandbox
+PR_SET_DUMPABLE = 4
 ORPHAN_SWEEP_S = 1.0  # how often orphans of killed runs are looked for
 _last_sweep = 0.0
 
@@ -112,12 +120,13 @@ def run_child(spec: dict, defaults: dict) -> None:
     import runpy
     import traceback
 
-    from autoresearch.contain import become_subreaper, end_all_descendants
+    from autoresearch.contain import become_subreaper, end_all_descendants, forbid_kernel_keyrings
 
     code = 1
     try:
         os.setsid()
         become_subreaper()
+        forbid_kernel_keyrings()
         _set_parent_death_signal()
         _redirect_output(spec["log"])
         os.environ.clear()
@@ -188,13 +197,15 @@ def serve(defaults: dict) -> int:
 
 def _handle(message: dict, children: set, defaults: dict) -> None:
     if "run" in message:
+        if not children and os.environ.get(SHARED_SANDBOX_ENV) == "1":
+            _empty_shared_state()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             run_child(message["run"], defaults)
         children.add(pid)
-        _send({"started": pid})
+        _send({"started": pid, "nonce": message.get("nonce")})
     elif "signal" in message:
         target = int(message["signal"]["pid"])
         if target in children:
@@ -232,6 +243,46 @@ def _reap(children: set) -> None:
         end_all_descendants(keep=frozenset(children), timeout=1.0)
 
 
+def _empty_shared_state() -> None:
+    """What a run could leave in the launcher's sandbox for the next one: files in /dev/shm and
+    System V shared memory, semaphores and message queues (this sandbox's IPC namespace)."""
+    import ctypes
+    import shutil
+
+    for entry in os.scandir("/dev/shm"):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+    libc = ctypes.CDLL(None, use_errno=True)
+    IPC_RMID = 0
+    for kind, remove in (("shm", lambda i: libc.shmctl(i, IPC_RMID, None)),
+                         ("sem", lambda i: libc.semctl(i, 0, IPC_RMID)),
+                         ("msg", lambda i: libc.msgctl(i, IPC_RMID, None))):
+        try:
+            lines = open(f"/proc/sysvipc/{kind}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1:
+                remove(int(fields[1]))  # the id is the second column
+
+
+def _make_undumpable() -> None:
+    """Other processes of this user without CAP_SYS_PTRACE (a sandboxed run) cannot open this
+    process's pipes or memory through /proc; forked runs inherit it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _python_threads() -> int:
     """Python threads alive: fork copies only the calling one, so this must be 1. (Native
     threads exist: numpy's OpenBLAS pool, which rebuilds itself in a forked child.)"""
@@ -245,6 +296,7 @@ def main() -> int:
 
     _set_parent_death_signal()
     become_subreaper()
+    _make_undumpable()
     started = time.monotonic()
     try:
         defaults = warm_up()
