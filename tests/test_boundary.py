@@ -236,7 +236,8 @@ def test_a_warm_run_cannot_write_to_its_launcher(workspace):
     log = Path(record.log_path).read_text()
     assert "INJECTED" not in log and log.count("BLOCKED") == 2
     assert record.status != R.CRASH  # the run itself went on, and so does the loop
-    again = loop.execute(loop.next_job())
+    with loop.services:
+        again = loop.execute(loop.next_job())
     assert again.extra["start"] == "warm" and again.status not in REFUSED
 
 

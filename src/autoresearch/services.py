@@ -59,6 +59,7 @@ class LoopServices:
                 service.close()
         if self.scratch_parent is not None:
             shutil.rmtree(self.scratch_parent, ignore_errors=True)
+            self.scratch_parent = None
 
     def __enter__(self):
         return self.start()
