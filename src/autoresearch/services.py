@@ -35,6 +35,9 @@ class LoopServices:
         env.update({S.ENV_MANAGED: "1", "PYTHONUNBUFFERED": "1"})
         folder = self.scratch_parent = loop_folder()
         wrap_run = run_sandbox(self.settings, folder, shared=True) if self.sandbox else None
+        # the launcher's own warm-up compiles: its caches go to the loop's folder (the
+        # shared sandbox's /tmp is read-only), which is emptied after every run
+        env.update(TMPDIR=str(folder), TORCHINDUCTOR_CACHE_DIR=str(folder / ".launcher-cache"))
         if self.sandbox:
             env[SHARED_SANDBOX_ENV] = "1"  # the launcher empties its sandbox's shared state between runs
         self.launcher = WarmStarter(folder, env=env, log_path=self.ws.state_dir / "launcher.log", wrap=wrap_run)
