@@ -163,7 +163,8 @@ def test_kill_9_of_a_warm_loop_leaves_no_process_behind(workspace):
 
 
 def _processes_mentioning(text: str) -> list[str]:
-    """Live (not zombie) processes whose command line or environment names `text`."""
+    """Live (not zombie) processes whose command line, environment or working folder names
+    `text`, or that belong to a loop's scratch folder (the launcher and its runs)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -171,9 +172,10 @@ def _processes_mentioning(text: str) -> list[str]:
         try:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            blob += os.readlink(entry / "cwd").encode()
         except OSError:
             continue
-        if state != "Z" and text.encode() in blob:
+        if state != "Z" and (text.encode() in blob or b"autoresearch-scratch/loop-" in blob):
             found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
     return found
 
